@@ -1,0 +1,1 @@
+//! Shared helpers for vpm integration tests.

@@ -1,0 +1,164 @@
+//! Types shared by the kernel side (`vpm-ebpf`) and the user side (`vpm-agent`).
+//!
+//! Everything here is `#![no_std]`, `#[repr(C)]`, made of fixed-width integers
+//! with explicit padding, and size-checked at compile time, because the same bytes
+//! are written by eBPF programs and read by the agent through BPF maps.
+#![no_std]
+
+pub mod exit;
+
+/// Names of the maps in the eBPF object (the agent looks them up by name).
+pub mod maps {
+    /// `PerCpuHashMap<CounterKey, Counter>`: per (VM process, kind, device) counts.
+    pub const COUNTERS: &str = "VPM_COUNTERS";
+    /// `PerCpuArray<u64>` indexed by [`crate::Stat`]: the programs' own health counters.
+    pub const STATS: &str = "VPM_STATS";
+    /// `LruHashMap<u32, u64>`: thread id → `kvm_exit` timestamp, waiting for its `kvm_entry`.
+    pub const EXIT_START: &str = "VPM_EXIT_START";
+    /// `PerCpuHashMap<HistKey, u64>`: exit-handling time histogram per VM process.
+    pub const EXIT_HIST: &str = "VPM_EXIT_HIST";
+}
+
+/// Capacity of [`maps::COUNTERS`]. The agent prunes entries of exited processes
+/// every tick, so this bounds the number of distinct (VM, kind, device) keys alive
+/// at once, not the number ever seen.
+pub const MAX_COUNTER_ENTRIES: u32 = 16_384;
+/// Capacity of [`maps::EXIT_START`] (one slot per vCPU thread in an exit).
+pub const MAX_EXIT_START_ENTRIES: u32 = 4_096;
+/// Capacity of [`maps::EXIT_HIST`].
+pub const MAX_HIST_ENTRIES: u32 = 4_096;
+
+/// What a counter counts. Values are stable: they are stored in BPF maps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// `kvm:kvm_pio`: a port I/O exit. Device key: the port.
+    Pio = 0,
+    /// `kvm:kvm_mmio`: an MMIO access. Device key: the guest-physical page.
+    Mmio = 1,
+    /// `kvm:kvm_msi_set_irq`: an MSI delivered to the guest. Device key: the MSI address.
+    Msi = 2,
+    /// `kvm:kvm_set_irq`: a legacy (GSI) interrupt line set. Device key: the GSI.
+    Irq = 3,
+    /// `kvm:kvm_userspace_exit`: `KVM_RUN` returned to the VMM. Device key: the exit reason.
+    UserspaceExit = 4,
+    /// `kvm:kvm_exit`: a VM exit (VMX/SVM hosts). Device key: 0.
+    Exit = 5,
+}
+
+impl EventKind {
+    /// Every kind, in value order.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Pio,
+        EventKind::Mmio,
+        EventKind::Msi,
+        EventKind::Irq,
+        EventKind::UserspaceExit,
+        EventKind::Exit,
+    ];
+
+    /// The kind stored as `value` in a map key, if it is one.
+    pub const fn from_u32(value: u32) -> Option<EventKind> {
+        match value {
+            0 => Some(EventKind::Pio),
+            1 => Some(EventKind::Mmio),
+            2 => Some(EventKind::Msi),
+            3 => Some(EventKind::Irq),
+            4 => Some(EventKind::UserspaceExit),
+            5 => Some(EventKind::Exit),
+            _ => None,
+        }
+    }
+
+    /// The short name used in CSV resources and JSON (`pio`, `mmio`, …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Pio => "pio",
+            EventKind::Mmio => "mmio",
+            EventKind::Msi => "msi",
+            EventKind::Irq => "irq",
+            EventKind::UserspaceExit => "userspace_exit",
+            EventKind::Exit => "exit",
+        }
+    }
+}
+
+/// Key of [`maps::COUNTERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterKey {
+    /// Thread-group id (the VMM process) the event ran in.
+    pub tgid: u32,
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Device key: port, guest-physical page, MSI address, GSI or exit reason.
+    pub device: u64,
+}
+const _: () = assert!(core::mem::size_of::<CounterKey>() == 16);
+
+/// Value of [`maps::COUNTERS`] (one per CPU; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Number of events.
+    pub count: u64,
+    /// Bytes moved by them (PIO: size × count, MMIO: length; 0 for other kinds).
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Index into [`maps::STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// A counter could not be inserted because [`maps::COUNTERS`] was full.
+    CounterMapFull = 0,
+    /// A `kvm_entry` came without a recorded `kvm_exit` on its thread.
+    UnpairedEntry = 1,
+    /// A histogram bucket could not be inserted because [`maps::EXIT_HIST`] was full.
+    HistMapFull = 2,
+}
+/// Number of [`Stat`] slots.
+pub const STAT_COUNT: u32 = 3;
+
+/// Key of [`maps::EXIT_HIST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HistKey {
+    /// Thread-group id of the VMM process.
+    pub tgid: u32,
+    /// Bucket index from [`exit::bucket_of`].
+    pub bucket: u32,
+}
+const _: () = assert!(core::mem::size_of::<HistKey>() == 8);
+
+/// `kvm_mmio`'s `type` for a read that has to go to userspace; the same access is
+/// traced again as a read when it completes, so it is not counted.
+pub const KVM_TRACE_MMIO_READ_UNSATISFIED: u32 = 0;
+
+/// Guest-physical page size used as the MMIO device key.
+pub const MMIO_PAGE_MASK: u64 = !0xfff;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: `repr(C)`, only `u32`/`u64` fields, no padding (size asserted above);
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::CounterKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HistKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_u32() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(EventKind::from_u32(EventKind::ALL.len() as u32), None);
+    }
+}

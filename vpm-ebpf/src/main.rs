@@ -1,0 +1,248 @@
+//! vpm's eBPF programs.
+//!
+//! Every KVM tracepoint vpm uses has two entry points with one body: a BTF
+//! tracepoint (`tp_btf`, the cheapest: ≈ 100 ns per event on the dev hosts) and a
+//! raw tracepoint (`raw_tp`) for kernels where `tp_btf` cannot attach. Both see
+//! the tracepoint's arguments (its `TP_PROTO`) as an array of `u64`, so one
+//! handler serves both. Events are counted in per-CPU hash maps keyed by
+//! (VM process, kind, device); nothing is sent per event.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use aya_log_ebpf::warn;
+use vpm_common::{
+    Counter, CounterKey, EventKind, HistKey, KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES,
+    MAX_EXIT_START_ENTRIES, MAX_HIST_ENTRIES, MMIO_PAGE_MASK, STAT_COUNT, Stat,
+    exit::{self, Entry, ExitStarts},
+};
+
+#[map(name = "VPM_COUNTERS")]
+static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTER_ENTRIES, 0);
+
+#[map(name = "VPM_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+#[map(name = "VPM_EXIT_START")]
+static EXIT_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_EXIT_START_ENTRIES, 0);
+
+#[map(name = "VPM_EXIT_HIST")]
+static EXIT_HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(MAX_HIST_ENTRIES, 0);
+
+/// The tracepoint's arguments, whichever way the program was attached.
+trait Args {
+    fn arg(&self, n: usize) -> u64;
+}
+
+impl Args for BtfTracePointContext {
+    #[inline(always)]
+    fn arg(&self, n: usize) -> u64 {
+        BtfTracePointContext::arg(self, n)
+    }
+}
+
+impl Args for RawTracePointContext {
+    #[inline(always)]
+    fn arg(&self, n: usize) -> u64 {
+        RawTracePointContext::arg(self, n)
+    }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Increments `STATS[stat]` and returns the new value (0 if the slot is missing).
+#[inline(always)]
+fn bump_stat(stat: Stat) -> u64 {
+    match STATS.get_ptr_mut(stat as u32) {
+        Some(slot) => {
+            // SAFETY: a per-CPU array slot; tracing programs run with migration
+            // disabled, so nothing else writes this CPU's slot meanwhile.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Adds one event of `kind` on `device`, moving `bytes`, to the current process.
+#[inline(always)]
+fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes: u64) {
+    let key = CounterKey {
+        tgid: current_tgid(),
+        kind: kind as u32,
+        device,
+    };
+    for _ in 0..2 {
+        if let Some(value) = COUNTERS.get_ptr_mut(&key) {
+            // SAFETY: the pointer is this CPU's value slot in a per-CPU map, valid
+            // for the program's run; migration is disabled, so no other writer.
+            unsafe {
+                (*value).count += 1;
+                (*value).bytes += bytes;
+            }
+            return;
+        }
+        match COUNTERS.insert(&key, &Counter { count: 1, bytes }, BPF_NOEXIST.into()) {
+            Ok(()) => return,
+            // EEXIST: another CPU inserted the key first; look it up again.
+            Err(e) if e == -17 => continue,
+            Err(_) => break,
+        }
+    }
+    let full = bump_stat(Stat::CounterMapFull);
+    // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
+    if full & (full.wrapping_sub(1)) == 0 {
+        warn!(ctx, "VPM_COUNTERS is full: {} events dropped on this CPU", full);
+    }
+}
+
+// kvm_pio(int rw, unsigned int port, unsigned int size, unsigned int count, const void *data)
+#[inline(always)]
+fn on_pio<C: Args + aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    let port = ctx.arg(1) & 0xffff;
+    let size = ctx.arg(2) & 0xffff_ffff;
+    let reps = ctx.arg(3) & 0xffff_ffff;
+    count(ctx, EventKind::Pio, port, size.wrapping_mul(reps));
+    0
+}
+
+// kvm_mmio(int type, int len, u64 gpa, void *val)
+#[inline(always)]
+fn on_mmio<C: Args + aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    let ty = ctx.arg(0) as u32;
+    if ty == KVM_TRACE_MMIO_READ_UNSATISFIED {
+        return 0;
+    }
+    let len = ctx.arg(1) & 0xffff_ffff;
+    let gpa = ctx.arg(2);
+    count(ctx, EventKind::Mmio, gpa & MMIO_PAGE_MASK, len);
+    0
+}
+
+// kvm_userspace_exit(__u32 reason, int errno)
+#[inline(always)]
+fn on_userspace_exit<C: Args + aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    let reason = ctx.arg(0) & 0xffff_ffff;
+    count(ctx, EventKind::UserspaceExit, reason, 0);
+    0
+}
+
+// kvm_msi_set_irq(__u64 address, __u64 data)
+#[inline(always)]
+fn on_msi<C: Args + aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    let address = ctx.arg(0);
+    count(ctx, EventKind::Msi, address, 0);
+    0
+}
+
+// kvm_set_irq(unsigned int gsi, int level, int irq_source_id)
+#[inline(always)]
+fn on_set_irq<C: Args + aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    let gsi = ctx.arg(0) & 0xffff_ffff;
+    count(ctx, EventKind::Irq, gsi, 0);
+    0
+}
+
+/// [`ExitStarts`] backed by the `VPM_EXIT_START` LRU map.
+struct MapStarts;
+
+impl ExitStarts for MapStarts {
+    #[inline(always)]
+    fn record(&mut self, tid: u32, ts: u64) {
+        let _ = EXIT_START.insert(&tid, &ts, 0);
+    }
+
+    #[inline(always)]
+    fn take(&mut self, tid: u32) -> Option<u64> {
+        // SAFETY: the value is copied out before the entry is removed.
+        let ts = unsafe { EXIT_START.get(&tid) }.copied();
+        if ts.is_some() {
+            let _ = EXIT_START.remove(&tid);
+        }
+        ts
+    }
+}
+
+// kvm_exit(struct kvm_vcpu *vcpu, u32 isa)
+#[inline(always)]
+fn on_kvm_exit<C: aya_ebpf::EbpfContext>(ctx: &C) -> u32 {
+    count(ctx, EventKind::Exit, 0, 0);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    exit::on_exit(&mut MapStarts, current_tid(), now);
+    0
+}
+
+// kvm_entry(struct kvm_vcpu *vcpu, bool force_immediate_exit)
+#[inline(always)]
+fn on_kvm_entry<C>(_ctx: &C) -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match exit::on_entry(&mut MapStarts, current_tid(), now) {
+        Entry::Paired { bucket, .. } => {
+            let key = HistKey {
+                tgid: current_tgid(),
+                bucket,
+            };
+            if let Some(slot) = EXIT_HIST.get_ptr_mut(&key) {
+                // SAFETY: this CPU's slot of a per-CPU map; migration is disabled.
+                unsafe { *slot += 1 };
+            } else if EXIT_HIST.insert(&key, &1, BPF_NOEXIST.into()).is_err() {
+                bump_stat(Stat::HistMapFull);
+            }
+        }
+        Entry::Unpaired => {
+            bump_stat(Stat::UnpairedEntry);
+        }
+    }
+    0
+}
+
+macro_rules! entry_points {
+    ($tracepoint:literal, $btf:ident, $raw:ident, $handler:ident) => {
+        #[btf_tracepoint(function = $tracepoint)]
+        pub fn $btf(ctx: BtfTracePointContext) -> i32 {
+            $handler(&ctx) as i32
+        }
+
+        #[raw_tracepoint(tracepoint = $tracepoint)]
+        pub fn $raw(ctx: RawTracePointContext) -> i32 {
+            $handler(&ctx) as i32
+        }
+    };
+}
+
+entry_points!("kvm_pio", btf_kvm_pio, raw_kvm_pio, on_pio);
+entry_points!("kvm_mmio", btf_kvm_mmio, raw_kvm_mmio, on_mmio);
+entry_points!("kvm_userspace_exit", btf_kvm_userspace_exit, raw_kvm_userspace_exit, on_userspace_exit);
+entry_points!("kvm_msi_set_irq", btf_kvm_msi_set_irq, raw_kvm_msi_set_irq, on_msi);
+entry_points!("kvm_set_irq", btf_kvm_set_irq, raw_kvm_set_irq, on_set_irq);
+entry_points!("kvm_exit", btf_kvm_exit, raw_kvm_exit, on_kvm_exit);
+entry_points!("kvm_entry", btf_kvm_entry, raw_kvm_entry, on_kvm_entry);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
