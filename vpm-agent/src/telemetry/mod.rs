@@ -1,4 +1,444 @@
 //! Loading, attaching and reading vpm's eBPF programs.
+//!
+//! [`Telemetry::load`] checks privileges and tracefs, loads the embedded eBPF
+//! object and attaches each KVM tracepoint it can: as a BTF tracepoint first,
+//! a raw tracepoint next. A tracepoint the kernel lacks is reported in
+//! [`Telemetry::attachments`], never fatal. [`Telemetry::snapshot`] reads the
+//! maps (once a tick); [`Telemetry::forget`] removes an exited process's
+//! entries so the maps stay bounded under VM churn.
+
+pub mod preflight;
+pub mod snapshot;
+
+use std::path::PathBuf;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+};
+use vpm_common::{Counter, CounterKey, HistKey, STAT_COUNT, Stat, maps};
+
+pub use preflight::{BtfSource, DEFAULT_BTF, DEFAULT_TRACEFS};
+pub use snapshot::{DeviceDelta, ProcessDelta, Snapshot, diff};
 
 /// The eBPF object built by `build.rs`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpm"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vpm"));
+
+/// A KVM tracepoint vpm attaches to, with its two entry points.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracepoint {
+    /// Name under `events/kvm/`.
+    pub name: &'static str,
+    btf_prog: &'static str,
+    raw_prog: &'static str,
+}
+
+/// Every tracepoint vpm uses, in attach order.
+pub const TRACEPOINTS: [Tracepoint; 7] = [
+    tp("kvm_pio", "btf_kvm_pio", "raw_kvm_pio"),
+    tp("kvm_mmio", "btf_kvm_mmio", "raw_kvm_mmio"),
+    tp("kvm_userspace_exit", "btf_kvm_userspace_exit", "raw_kvm_userspace_exit"),
+    tp("kvm_msi_set_irq", "btf_kvm_msi_set_irq", "raw_kvm_msi_set_irq"),
+    tp("kvm_set_irq", "btf_kvm_set_irq", "raw_kvm_set_irq"),
+    tp("kvm_exit", "btf_kvm_exit", "raw_kvm_exit"),
+    tp("kvm_entry", "btf_kvm_entry", "raw_kvm_entry"),
+];
+
+const fn tp(name: &'static str, btf_prog: &'static str, raw_prog: &'static str) -> Tracepoint {
+    Tracepoint {
+        name,
+        btf_prog,
+        raw_prog,
+    }
+}
+
+/// How a tracepoint ended up attached.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum AttachState {
+    /// Attached as a BTF tracepoint (`tp_btf`).
+    TpBtf,
+    /// Attached as a raw tracepoint (`raw_tp`); the text says why not `tp_btf`.
+    RawTp(String),
+    /// Not attached: the kernel does not have this tracepoint.
+    Absent,
+    /// Not attached: both attach types failed (the text has both errors).
+    Failed(String),
+}
+
+/// One line of the attach report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attachment {
+    /// Tracepoint name.
+    pub tracepoint: &'static str,
+    /// What happened.
+    #[serde(flatten)]
+    pub state: AttachState,
+}
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// Missing capabilities.
+    #[error(
+        "not permitted to load eBPF programs (effective capabilities {cap_eff:#x}): \
+         run vpm as root (sudo), or grant CAP_BPF and CAP_PERFMON \
+         (setcap cap_bpf,cap_perfmon+ep /path/to/vpm)"
+    )]
+    NotPermitted {
+        /// The effective capability set found.
+        cap_eff: u64,
+    },
+    /// tracefs is not mounted.
+    #[error(
+        "tracefs not mounted at {path}: mount it with `mount -t tracefs nodev {path}` \
+         (vpm mounts it itself when run as root at the default path)"
+    )]
+    TracefsMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Mounting tracefs failed.
+    #[error("cannot mount tracefs at {path}; mount it with `mount -t tracefs nodev {path}`")]
+    TracefsMount {
+        /// Mount point.
+        path: PathBuf,
+        /// The mount(2) error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// KVM's tracepoints are not there.
+    #[error(
+        "no kvm tracepoints under {path}: the kvm module is not loaded \
+         (modprobe kvm_intel or modprobe kvm_amd) or this is not a KVM host"
+    )]
+    KvmTracepointsMissing {
+        /// The events/kvm directory looked at.
+        path: PathBuf,
+    },
+    /// A host file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading the eBPF object failed.
+    #[error("cannot load vpm's eBPF object")]
+    Load(#[source] aya::EbpfError),
+    /// A map is missing from the object (a build mismatch).
+    #[error("map {0} not found in the eBPF object")]
+    MapMissing(&'static str),
+    /// A map operation failed.
+    #[error("map {map}: {op} failed")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What was attempted.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: MapError,
+    },
+    /// Not a single counting tracepoint could be attached.
+    #[error("no kvm tracepoint could be attached: {report}")]
+    NothingAttached {
+        /// The per-tracepoint report.
+        report: String,
+    },
+}
+
+/// Where to find the kernel's interfaces (overridable for tests and odd hosts).
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// tracefs mount point.
+    pub tracefs: PathBuf,
+    /// Kernel BTF file.
+    pub btf: PathBuf,
+    /// Mount tracefs at `tracefs` when it is missing (only sensible at the default path).
+    pub mount_tracefs: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            tracefs: PathBuf::from(DEFAULT_TRACEFS),
+            btf: PathBuf::from(DEFAULT_BTF),
+            mount_tracefs: true,
+        }
+    }
+}
+
+/// vpm's loaded and attached eBPF programs and their maps.
+pub struct Telemetry {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+    btf: BtfSource,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Telemetry {
+    /// Checks the host, loads the programs and attaches every tracepoint it can.
+    pub fn load(opts: &LoadOptions) -> Result<Self, TelemetryError> {
+        preflight::check_privileges()?;
+        let events = preflight::kvm_events(&opts.tracefs, opts.mount_tracefs)?;
+
+        let (btf, btf_source) = match Btf::parse_file(&opts.btf, aya::Endianness::default()) {
+            Ok(btf) => (Some(btf), BtfSource::Found(opts.btf.clone())),
+            Err(e) => {
+                log::warn!(
+                    "BTF not found at {} ({e}): the kernel needs CONFIG_DEBUG_INFO_BTF for \
+                     BTF tracepoints; using raw tracepoints instead",
+                    opts.btf.display()
+                );
+                (None, BtfSource::Missing(opts.btf.clone()))
+            }
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .load(EBPF_OBJECT)
+            .map_err(TelemetryError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("eBPF log channel unavailable: {e}");
+                None
+            }
+        };
+
+        let mut attachments = Vec::with_capacity(TRACEPOINTS.len());
+        for tp in TRACEPOINTS {
+            let state = if !events.iter().any(|e| e == tp.name) {
+                AttachState::Absent
+            } else {
+                attach(&mut ebpf, tp, btf.as_ref())
+            };
+            attachments.push(Attachment {
+                tracepoint: tp.name,
+                state,
+            });
+        }
+        let counting = attachments.iter().any(|a| {
+            matches!(a.state, AttachState::TpBtf | AttachState::RawTp(_))
+                && a.tracepoint != "kvm_entry"
+        });
+        if !counting {
+            return Err(TelemetryError::NothingAttached {
+                report: render_report(&attachments),
+            });
+        }
+        Ok(Self {
+            ebpf,
+            attachments,
+            btf: btf_source,
+            logger,
+        })
+    }
+
+    /// What was attached, and how.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Where BTF came from.
+    pub fn btf(&self) -> &BtfSource {
+        &self.btf
+    }
+
+    /// Reads the maps, summing the CPUs.
+    pub fn snapshot(&mut self) -> Result<Snapshot, TelemetryError> {
+        if let Some(logger) = self.logger.as_mut() {
+            logger.flush();
+        }
+        let mut snap = Snapshot::default();
+        let counters = self.counters_map()?;
+        for item in counters.iter() {
+            let (key, values) = item.map_err(|source| TelemetryError::Map {
+                map: maps::COUNTERS,
+                op: "iterate",
+                source,
+            })?;
+            let sum = values.iter().fold(Counter::default(), |acc, v| Counter {
+                count: acc.count + v.count,
+                bytes: acc.bytes + v.bytes,
+            });
+            snap.counters.insert(key, sum);
+        }
+        let hist = self.hist_map()?;
+        for item in hist.iter() {
+            let (key, values) = item.map_err(|source| TelemetryError::Map {
+                map: maps::EXIT_HIST,
+                op: "iterate",
+                source,
+            })?;
+            snap.hist.insert(key, values.iter().sum());
+        }
+        Ok(snap)
+    }
+
+    /// Removes every map entry of the processes in `tgids`. Returns how many
+    /// entries were removed.
+    pub fn forget(&mut self, snap: &Snapshot, tgids: &[u32]) -> Result<usize, TelemetryError> {
+        let mut removed = 0;
+        let keys: Vec<CounterKey> = snap
+            .counters
+            .keys()
+            .filter(|k| tgids.contains(&k.tgid))
+            .copied()
+            .collect();
+        let mut counters = self.counters_map()?;
+        for key in keys {
+            match counters.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(TelemetryError::Map {
+                        map: maps::COUNTERS,
+                        op: "remove",
+                        source,
+                    });
+                }
+            }
+        }
+        let keys: Vec<HistKey> = snap
+            .hist
+            .keys()
+            .filter(|k| tgids.contains(&k.tgid))
+            .copied()
+            .collect();
+        let mut hist = self.hist_map()?;
+        for key in keys {
+            match hist.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(TelemetryError::Map {
+                        map: maps::EXIT_HIST,
+                        op: "remove",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The programs' own health counters, summed over CPUs, indexed by [`Stat`].
+    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], TelemetryError> {
+        let map = self
+            .ebpf
+            .map(maps::STATS)
+            .ok_or(TelemetryError::MapMissing(maps::STATS))?;
+        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::STATS,
+            op: "open",
+            source,
+        })?;
+        let mut out = [0u64; STAT_COUNT as usize];
+        for stat in [Stat::CounterMapFull, Stat::UnpairedEntry, Stat::HistMapFull] {
+            let values = array
+                .get(&(stat as u32), 0)
+                .map_err(|source| TelemetryError::Map {
+                    map: maps::STATS,
+                    op: "read",
+                    source,
+                })?;
+            out[stat as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    fn counters_map(
+        &mut self,
+    ) -> Result<PerCpuHashMap<&mut aya::maps::MapData, CounterKey, Counter>, TelemetryError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::COUNTERS)
+            .ok_or(TelemetryError::MapMissing(maps::COUNTERS))?;
+        PerCpuHashMap::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::COUNTERS,
+            op: "open",
+            source,
+        })
+    }
+
+    fn hist_map(
+        &mut self,
+    ) -> Result<PerCpuHashMap<&mut aya::maps::MapData, HistKey, u64>, TelemetryError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::EXIT_HIST)
+            .ok_or(TelemetryError::MapMissing(maps::EXIT_HIST))?;
+        PerCpuHashMap::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::EXIT_HIST,
+            op: "open",
+            source,
+        })
+    }
+}
+
+/// Attaches `tp` as a BTF tracepoint, else as a raw tracepoint.
+fn attach(ebpf: &mut Ebpf, tp: Tracepoint, btf: Option<&Btf>) -> AttachState {
+    let btf_err = match btf {
+        Some(btf) => match attach_btf(ebpf, tp, btf) {
+            Ok(()) => return AttachState::TpBtf,
+            Err(e) => format!("tp_btf: {}", error_chain(&e)),
+        },
+        None => "tp_btf: no kernel BTF".to_owned(),
+    };
+    match attach_raw(ebpf, tp) {
+        Ok(()) => AttachState::RawTp(btf_err),
+        Err(e) => AttachState::Failed(format!("{btf_err}; raw_tp: {}", error_chain(&e))),
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, tp: Tracepoint, btf: &Btf) -> Result<(), ProgramError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(tp.btf_prog)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load(tp.name, btf)?;
+    prog.attach().map(drop)
+}
+
+fn attach_raw(ebpf: &mut Ebpf, tp: Tracepoint) -> Result<(), ProgramError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(tp.raw_prog)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(tp.name).map(drop)
+}
+
+/// `err: source: source…` on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// A one-line-per-tracepoint human report.
+pub fn render_report(attachments: &[Attachment]) -> String {
+    attachments
+        .iter()
+        .map(|a| {
+            let how = match &a.state {
+                AttachState::TpBtf => "tp_btf".to_owned(),
+                AttachState::RawTp(why) => format!("raw_tp ({why})"),
+                AttachState::Absent => "absent in this kernel".to_owned(),
+                AttachState::Failed(why) => format!("failed ({why})"),
+            };
+            format!("{}: {how}", a.tracepoint)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,191 @@
+//! Cumulative map contents and the differences between two reads (pure).
+//!
+//! The eBPF maps hold cumulative per-CPU counters. Each tick the agent sums the
+//! CPUs into a [`Snapshot`] and subtracts the previous one. Entries disappear
+//! when the agent prunes an exited process, and reappear from zero if a pid is
+//! reused, so a counter that went down is treated as restarted.
+
+use std::collections::BTreeMap;
+
+use vpm_common::{Counter, CounterKey, EventKind, HistKey, exit::HIST_BUCKETS};
+
+/// Summed contents of the counter and histogram maps at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per (tgid, kind, device) totals.
+    pub counters: BTreeMap<CounterKey, Counter>,
+    /// Per (tgid, bucket) exit-handling-time counts.
+    pub hist: BTreeMap<HistKey, u64>,
+}
+
+/// Events of one kind on one device during a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceDelta {
+    /// What was counted.
+    pub kind: EventKind,
+    /// The device key (port, page, MSI address, GSI, exit reason).
+    pub device: u64,
+    /// Events and bytes in the tick.
+    pub delta: Counter,
+}
+
+/// What one process did during a tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessDelta {
+    /// Per-device deltas, only non-zero ones, in key order.
+    pub devices: Vec<DeviceDelta>,
+    /// Exit-handling-time histogram delta (bucket → count).
+    pub exit_hist: [u64; HIST_BUCKETS as usize],
+}
+
+impl ProcessDelta {
+    /// Total events of `kind` in the tick.
+    pub fn total(&self, kind: EventKind) -> Counter {
+        self.devices
+            .iter()
+            .filter(|d| d.kind == kind)
+            .fold(Counter::default(), |acc, d| Counter {
+                count: acc.count + d.delta.count,
+                bytes: acc.bytes + d.delta.bytes,
+            })
+    }
+}
+
+fn sub(cur: u64, prev: u64) -> u64 {
+    // A counter that went down was recreated from zero (pid reuse after pruning).
+    if cur >= prev { cur - prev } else { cur }
+}
+
+/// Differences from `prev` to `cur`, grouped by tgid. Keys only in `prev` (pruned)
+/// contribute nothing; keys only in `cur` count from zero.
+pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, ProcessDelta> {
+    let mut out: BTreeMap<u32, ProcessDelta> = BTreeMap::new();
+    for (key, now) in &cur.counters {
+        let before = prev.counters.get(key).copied().unwrap_or_default();
+        let delta = Counter {
+            count: sub(now.count, before.count),
+            bytes: if now.count >= before.count {
+                sub(now.bytes, before.bytes)
+            } else {
+                now.bytes
+            },
+        };
+        let Some(kind) = EventKind::from_u32(key.kind) else {
+            continue;
+        };
+        if delta.count == 0 && delta.bytes == 0 {
+            continue;
+        }
+        out.entry(key.tgid).or_default().devices.push(DeviceDelta {
+            kind,
+            device: key.device,
+            delta,
+        });
+    }
+    for (key, now) in &cur.hist {
+        let before = prev.hist.get(key).copied().unwrap_or(0);
+        let d = sub(*now, before);
+        if d == 0 || key.bucket >= HIST_BUCKETS {
+            continue;
+        }
+        out.entry(key.tgid).or_default().exit_hist[key.bucket as usize] += d;
+    }
+    out
+}
+
+impl Snapshot {
+    /// Distinct tgids present in the maps.
+    pub fn tgids(&self) -> Vec<u32> {
+        let mut t: Vec<u32> = self
+            .counters
+            .keys()
+            .map(|k| k.tgid)
+            .chain(self.hist.keys().map(|k| k.tgid))
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// Drops every entry of `tgid` (after the agent removed them from the maps).
+    pub fn forget(&mut self, tgid: u32) {
+        self.counters.retain(|k, _| k.tgid != tgid);
+        self.hist.retain(|k, _| k.tgid != tgid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tgid: u32, kind: EventKind, device: u64) -> CounterKey {
+        CounterKey {
+            tgid,
+            kind: kind as u32,
+            device,
+        }
+    }
+
+    fn snap(entries: &[(CounterKey, u64, u64)]) -> Snapshot {
+        Snapshot {
+            counters: entries
+                .iter()
+                .map(|(k, c, b)| (*k, Counter { count: *c, bytes: *b }))
+                .collect(),
+            hist: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn deltas_are_grouped_per_process_and_zero_ones_dropped() {
+        let a = key(100, EventKind::Pio, 0x3f8);
+        let b = key(100, EventKind::Mmio, 0xfe00_0000);
+        let c = key(200, EventKind::Pio, 0x70);
+        let prev = snap(&[(a, 10, 10), (b, 5, 20), (c, 1, 1)]);
+        let cur = snap(&[(a, 15, 15), (b, 5, 20), (c, 4, 4)]);
+        let d = diff(&prev, &cur);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[&100].devices.len(), 1);
+        assert_eq!(d[&100].total(EventKind::Pio), Counter { count: 5, bytes: 5 });
+        assert_eq!(d[&100].total(EventKind::Mmio), Counter::default());
+        assert_eq!(d[&200].total(EventKind::Pio).count, 3);
+    }
+
+    #[test]
+    fn new_keys_count_from_zero_and_pruned_keys_count_nothing() {
+        let a = key(1, EventKind::Pio, 1);
+        let b = key(2, EventKind::Pio, 1);
+        let prev = snap(&[(a, 7, 7)]);
+        let cur = snap(&[(b, 3, 6)]);
+        let d = diff(&prev, &cur);
+        assert!(!d.contains_key(&1));
+        assert_eq!(d[&2].total(EventKind::Pio), Counter { count: 3, bytes: 6 });
+    }
+
+    #[test]
+    fn a_counter_that_went_down_restarted() {
+        let a = key(9, EventKind::Msi, 0xfee0_0000);
+        let d = diff(&snap(&[(a, 100, 0)]), &snap(&[(a, 4, 0)]));
+        assert_eq!(d[&9].total(EventKind::Msi).count, 4);
+    }
+
+    #[test]
+    fn histogram_deltas_land_in_their_bucket() {
+        let mut prev = Snapshot::default();
+        let mut cur = Snapshot::default();
+        prev.hist.insert(HistKey { tgid: 5, bucket: 10 }, 3);
+        cur.hist.insert(HistKey { tgid: 5, bucket: 10 }, 8);
+        cur.hist.insert(HistKey { tgid: 5, bucket: 12 }, 2);
+        let d = diff(&prev, &cur);
+        assert_eq!(d[&5].exit_hist[10], 5);
+        assert_eq!(d[&5].exit_hist[12], 2);
+        assert_eq!(d[&5].exit_hist.iter().sum::<u64>(), 7);
+    }
+
+    #[test]
+    fn forget_removes_one_process() {
+        let mut s = snap(&[(key(1, EventKind::Pio, 1), 1, 1), (key(2, EventKind::Pio, 1), 1, 1)]);
+        s.forget(1);
+        assert_eq!(s.tgids(), vec![2]);
+    }
+}

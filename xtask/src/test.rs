@@ -1,0 +1,54 @@
+//! `cargo xtask test`: set up, then run every test.
+//!
+//! 1. unit tests of every crate (`cargo test --workspace --lib --bins`);
+//! 2. the privileged integration tests in `tests/` (root, /dev/kvm, BPF), one
+//!    at a time because they share the kernel's tracepoints.
+//!
+//! A missing prerequisite fails loudly. `VPM_SKIP_PRIVILEGED=1` is the only way
+//! to skip step 2 (for a machine without KVM); it is said in the output.
+
+use anyhow::bail;
+
+use crate::util::{self, is_root};
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Extra arguments for the test binaries (a filter, `--nocapture`, …).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    crate::setup::run(&crate::setup::Options::default())?;
+    let started = std::time::Instant::now();
+    let mut unit = util::cargo();
+    unit.args(["test", "--workspace", "--lib", "--bins", "--"]).args(&opts.args);
+    util::run(&mut unit)?;
+    eprintln!("xtask: unit tests took {:.0?}", started.elapsed());
+
+    if std::env::var("VPM_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+        eprintln!("xtask: VPM_SKIP_PRIVILEGED=1: SKIPPING the privileged tests (root, /dev/kvm, BPF)");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the privileged tests need root (BPF, /dev/kvm): run `sudo -E cargo xtask test`, \
+             or set VPM_SKIP_PRIVILEGED=1 to run only the unit tests"
+        );
+    }
+    if !std::path::Path::new("/dev/kvm").exists() {
+        bail!(
+            "/dev/kvm not found: the privileged tests run real KVM guests; load kvm_intel or \
+             kvm_amd, or set VPM_SKIP_PRIVILEGED=1 to run only the unit tests"
+        );
+    }
+    let started = std::time::Instant::now();
+    let mut privileged = util::cargo();
+    privileged
+        .args(["test", "--package", "vpm-tests", "--tests", "--", "--test-threads=1"])
+        .args(&opts.args);
+    util::run(&mut privileged)?;
+    eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());
+    Ok(())
+}
