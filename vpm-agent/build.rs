@@ -33,7 +33,9 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(&toolchain),
     )
-    .context("building the eBPF programs (vpm-ebpf) failed; `cargo xtask setup` installs what it needs")
+    .context(
+        "building the eBPF programs (vpm-ebpf) failed; `cargo xtask setup` installs what it needs",
+    )
 }
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {

@@ -1,2 +1,17 @@
 //! vpm: per-VM peripheral telemetry for KVM hosts, counted in the kernel by eBPF.
+//!
+//! Modules by role (see DESIGN.md): [`telemetry`] loads, attaches and reads the
+//! eBPF programs; [`identity`] says which VM a process is; [`host`] reads
+//! per-VM host metrics; [`monitor`] joins them once a tick; [`report`] and
+//! [`history`] turn ticks into windows; [`store`] writes vpm's CSV format;
+//! [`api`] serves live inspection; [`lab`] holds the test VMM.
+pub mod api;
+pub mod history;
+pub mod host;
+pub mod identity;
+pub mod lab;
+pub mod monitor;
+pub mod report;
+pub mod store;
 pub mod telemetry;
+pub mod units;

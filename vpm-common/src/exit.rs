@@ -41,7 +41,11 @@ pub const fn bucket_of(ns: u64) -> u32 {
     if v >= 1 << 1 {
         b += 1;
     }
-    if b >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { b }
+    if b >= HIST_BUCKETS {
+        HIST_BUCKETS - 1
+    } else {
+        b
+    }
 }
 
 /// Lower bound in nanoseconds of bucket `b` (inclusive).
@@ -147,7 +151,10 @@ mod tests {
         );
         assert_eq!(
             on_entry(&mut t, 10, 3_000),
-            Entry::Paired { ns: 2_000, bucket: 10 }
+            Entry::Paired {
+                ns: 2_000,
+                bucket: 10
+            }
         );
         // Each exit pairs with one entry only.
         assert_eq!(on_entry(&mut t, 10, 3_500), Entry::Unpaired);

@@ -34,7 +34,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 static EXIT_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_EXIT_START_ENTRIES, 0);
 
 #[map(name = "VPM_EXIT_HIST")]
-static EXIT_HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(MAX_HIST_ENTRIES, 0);
+static EXIT_HIST: PerCpuHashMap<HistKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_HIST_ENTRIES, 0);
 
 /// The tracepoint's arguments, whichever way the program was attached.
 trait Args {
@@ -109,7 +110,10 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
     let full = bump_stat(Stat::CounterMapFull);
     // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
     if full & (full.wrapping_sub(1)) == 0 {
-        warn!(ctx, "VPM_COUNTERS is full: {} events dropped on this CPU", full);
+        warn!(
+            ctx,
+            "VPM_COUNTERS is full: {} events dropped on this CPU", full
+        );
     }
 }
 
@@ -231,8 +235,18 @@ macro_rules! entry_points {
 
 entry_points!("kvm_pio", btf_kvm_pio, raw_kvm_pio, on_pio);
 entry_points!("kvm_mmio", btf_kvm_mmio, raw_kvm_mmio, on_mmio);
-entry_points!("kvm_userspace_exit", btf_kvm_userspace_exit, raw_kvm_userspace_exit, on_userspace_exit);
-entry_points!("kvm_msi_set_irq", btf_kvm_msi_set_irq, raw_kvm_msi_set_irq, on_msi);
+entry_points!(
+    "kvm_userspace_exit",
+    btf_kvm_userspace_exit,
+    raw_kvm_userspace_exit,
+    on_userspace_exit
+);
+entry_points!(
+    "kvm_msi_set_irq",
+    btf_kvm_msi_set_irq,
+    raw_kvm_msi_set_irq,
+    on_msi
+);
 entry_points!("kvm_set_irq", btf_kvm_set_irq, raw_kvm_set_irq, on_set_irq);
 entry_points!("kvm_exit", btf_kvm_exit, raw_kvm_exit, on_kvm_exit);
 entry_points!("kvm_entry", btf_kvm_entry, raw_kvm_entry, on_kvm_entry);

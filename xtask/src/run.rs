@@ -26,7 +26,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     util::run(&mut build)?;
     let profile = if opts.release { "release" } else { "debug" };
-    let vpm = util::workspace_root().join("target").join(profile).join("vpm");
+    let vpm = util::workspace_root()
+        .join("target")
+        .join(profile)
+        .join("vpm");
     let mut cmd = if is_root() {
         Command::new(&vpm)
     } else {
@@ -37,7 +40,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     };
     cmd.arg("run").args(&opts.args);
     eprintln!("xtask: $ {}", util::display(&cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", vpm.display()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", vpm.display()))?;
     if !status.success() {
         bail!("vpm run exited with {status}");
     }

@@ -54,7 +54,9 @@ fn check_rustc() -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .unwrap_or("?");
-    if !release.starts_with(&format!("{RUSTC_RELEASE}.")) || !llvm.starts_with(&format!("{LLVM_MAJOR}.")) {
+    if !release.starts_with(&format!("{RUSTC_RELEASE}."))
+        || !llvm.starts_with(&format!("{LLVM_MAJOR}."))
+    {
         bail!(
             "rustc {release} (LLVM {llvm}) found; vpm pins rustc {RUSTC_RELEASE} with LLVM {LLVM_MAJOR}, \
              the LLVM bpf-linker is built against. Install it with \
@@ -82,11 +84,18 @@ fn ensure_apt_packages(check: bool) -> anyhow::Result<()> {
     }
     let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
     if check || !is_root() {
-        bail!("missing apt packages: {}; install them with `{cmd}` (as root)", missing.join(" "));
+        bail!(
+            "missing apt packages: {}; install them with `{cmd}` (as root)",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing apt packages: {}", missing.join(" "));
-    util::run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))
-        .with_context(|| format!("apt-get update failed; run `{cmd}` by hand"))?;
+    util::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("apt-get update failed; run `{cmd}` by hand"))?;
     util::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
@@ -112,10 +121,19 @@ fn ensure_rust_src(check: bool) -> anyhow::Result<()> {
     let toolchain = std::env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "stable".into());
     let cmd = format!("rustup component add rust-src --toolchain {toolchain}");
     if check {
-        bail!("rust-src missing from {}; install it with `{cmd}`", sysroot.display());
+        bail!(
+            "rust-src missing from {}; install it with `{cmd}`",
+            sysroot.display()
+        );
     }
     eprintln!("xtask: installing rust-src");
-    match util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain])) {
+    match util::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        &toolchain,
+    ])) {
         Ok(()) => return Ok(()),
         Err(e) => eprintln!("xtask: {e:#}"),
     }
@@ -125,7 +143,13 @@ fn ensure_rust_src(check: bool) -> anyhow::Result<()> {
     if fallback.is_file() {
         eprintln!("xtask: extracting rust-src from {}", fallback.display());
         let dest = sysroot.join("lib/rustlib");
-        util::run(Command::new("tar").arg("-xJf").arg(&fallback).arg("-C").arg(&dest))?;
+        util::run(
+            Command::new("tar")
+                .arg("-xJf")
+                .arg(&fallback)
+                .arg("-C")
+                .arg(&dest),
+        )?;
         if src.is_dir() {
             return Ok(());
         }
@@ -152,7 +176,10 @@ fn ensure_bpf_linker(check: bool) -> anyhow::Result<()> {
     if let Some(path) = bpf_linker_path() {
         let version = output(Command::new(&path).arg("--version")).unwrap_or_default();
         if version.contains(BPF_LINKER_VERSION) {
-            eprintln!("xtask: bpf-linker {BPF_LINKER_VERSION} ({}): ok", path.display());
+            eprintln!(
+                "xtask: bpf-linker {BPF_LINKER_VERSION} ({}): ok",
+                path.display()
+            );
             return Ok(());
         }
         eprintln!(
@@ -169,15 +196,26 @@ fn ensure_bpf_linker(check: bool) -> anyhow::Result<()> {
     if check {
         bail!("bpf-linker {BPF_LINKER_VERSION} missing; install it with `{cmd}`");
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 3 minutes)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 3 minutes)"
+    );
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut new_path = std::ffi::OsString::from(&llvm_bin);
     new_path.push(":");
     new_path.push(path);
     util::run(
         util::cargo()
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
-            .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
             .env("PATH", new_path)
             .env_remove("RUSTC_BOOTSTRAP"),
     )

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: set up, then run every test.
 //!
-//! 1. unit tests of every crate (`cargo test --workspace --lib --bins`);
+//! 1. unit tests of every crate but the eBPF one (`cargo test --workspace --exclude vpm-ebpf --lib --bins`);
 //! 2. the privileged integration tests in `tests/` (root, /dev/kvm, BPF), one
 //!    at a time because they share the kernel's tracepoints.
 //!
@@ -23,12 +23,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
     let started = std::time::Instant::now();
     let mut unit = util::cargo();
-    unit.args(["test", "--workspace", "--lib", "--bins", "--"]).args(&opts.args);
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "vpm-ebpf",
+        "--lib",
+        "--bins",
+        "--",
+    ])
+    .args(&opts.args);
     util::run(&mut unit)?;
     eprintln!("xtask: unit tests took {:.0?}", started.elapsed());
 
     if std::env::var("VPM_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
-        eprintln!("xtask: VPM_SKIP_PRIVILEGED=1: SKIPPING the privileged tests (root, /dev/kvm, BPF)");
+        eprintln!(
+            "xtask: VPM_SKIP_PRIVILEGED=1: SKIPPING the privileged tests (root, /dev/kvm, BPF)"
+        );
         return Ok(());
     }
     if !is_root() {
@@ -46,7 +57,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut privileged = util::cargo();
     privileged
-        .args(["test", "--package", "vpm-tests", "--tests", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "--package",
+            "vpm-tests",
+            "--tests",
+            "--",
+            "--test-threads=1",
+        ])
         .args(&opts.args);
     util::run(&mut privileged)?;
     eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());

@@ -38,8 +38,16 @@ pub struct Tracepoint {
 pub const TRACEPOINTS: [Tracepoint; 7] = [
     tp("kvm_pio", "btf_kvm_pio", "raw_kvm_pio"),
     tp("kvm_mmio", "btf_kvm_mmio", "raw_kvm_mmio"),
-    tp("kvm_userspace_exit", "btf_kvm_userspace_exit", "raw_kvm_userspace_exit"),
-    tp("kvm_msi_set_irq", "btf_kvm_msi_set_irq", "raw_kvm_msi_set_irq"),
+    tp(
+        "kvm_userspace_exit",
+        "btf_kvm_userspace_exit",
+        "raw_kvm_userspace_exit",
+    ),
+    tp(
+        "kvm_msi_set_irq",
+        "btf_kvm_msi_set_irq",
+        "raw_kvm_msi_set_irq",
+    ),
     tp("kvm_set_irq", "btf_kvm_set_irq", "raw_kvm_set_irq"),
     tp("kvm_exit", "btf_kvm_exit", "raw_kvm_exit"),
     tp("kvm_entry", "btf_kvm_entry", "raw_kvm_entry"),

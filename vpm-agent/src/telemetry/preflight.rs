@@ -64,9 +64,8 @@ pub fn kvm_events(tracefs: &Path, may_mount: bool) -> Result<Vec<String>, Teleme
         });
     }
     let kvm = events.join("kvm");
-    let entries = std::fs::read_dir(&kvm).map_err(|_| TelemetryError::KvmTracepointsMissing {
-        path: kvm.clone(),
-    })?;
+    let entries = std::fs::read_dir(&kvm)
+        .map_err(|_| TelemetryError::KvmTracepointsMissing { path: kvm.clone() })?;
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
@@ -83,9 +82,11 @@ fn mount_tracefs(target: &Path) -> Result<(), TelemetryError> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
 
-    let to_c = |s: &[u8]| CString::new(s).map_err(|_| TelemetryError::TracefsMissing {
-        path: target.to_path_buf(),
-    });
+    let to_c = |s: &[u8]| {
+        CString::new(s).map_err(|_| TelemetryError::TracefsMissing {
+            path: target.to_path_buf(),
+        })
+    };
     let source = to_c(b"nodev")?;
     let fstype = to_c(b"tracefs")?;
     let dir = to_c(target.as_os_str().as_bytes())?;
@@ -126,7 +127,8 @@ mod tests {
 
     #[test]
     fn cap_eff_is_parsed_from_status() {
-        let status = "Name:\tvpm\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
+        let status =
+            "Name:\tvpm\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
         let caps = parse_cap_eff(status);
         assert_eq!(caps, Some(0x1ff_ffff_ffff));
         assert!(caps_allow_tracing(0x1ff_ffff_ffff));
@@ -172,7 +174,9 @@ mod tests {
     fn no_kvm_dir_says_load_the_module() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("events/sched")).expect("mkdir");
-        let msg = kvm_events(dir.path(), false).expect_err("no kvm").to_string();
+        let msg = kvm_events(dir.path(), false)
+            .expect_err("no kvm")
+            .to_string();
         assert!(msg.contains("modprobe kvm"), "{msg}");
     }
 }

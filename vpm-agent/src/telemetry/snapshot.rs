@@ -130,7 +130,15 @@ mod tests {
         Snapshot {
             counters: entries
                 .iter()
-                .map(|(k, c, b)| (*k, Counter { count: *c, bytes: *b }))
+                .map(|(k, c, b)| {
+                    (
+                        *k,
+                        Counter {
+                            count: *c,
+                            bytes: *b,
+                        },
+                    )
+                })
                 .collect(),
             hist: BTreeMap::new(),
         }
@@ -146,7 +154,10 @@ mod tests {
         let d = diff(&prev, &cur);
         assert_eq!(d.len(), 2);
         assert_eq!(d[&100].devices.len(), 1);
-        assert_eq!(d[&100].total(EventKind::Pio), Counter { count: 5, bytes: 5 });
+        assert_eq!(
+            d[&100].total(EventKind::Pio),
+            Counter { count: 5, bytes: 5 }
+        );
         assert_eq!(d[&100].total(EventKind::Mmio), Counter::default());
         assert_eq!(d[&200].total(EventKind::Pio).count, 3);
     }
@@ -173,9 +184,27 @@ mod tests {
     fn histogram_deltas_land_in_their_bucket() {
         let mut prev = Snapshot::default();
         let mut cur = Snapshot::default();
-        prev.hist.insert(HistKey { tgid: 5, bucket: 10 }, 3);
-        cur.hist.insert(HistKey { tgid: 5, bucket: 10 }, 8);
-        cur.hist.insert(HistKey { tgid: 5, bucket: 12 }, 2);
+        prev.hist.insert(
+            HistKey {
+                tgid: 5,
+                bucket: 10,
+            },
+            3,
+        );
+        cur.hist.insert(
+            HistKey {
+                tgid: 5,
+                bucket: 10,
+            },
+            8,
+        );
+        cur.hist.insert(
+            HistKey {
+                tgid: 5,
+                bucket: 12,
+            },
+            2,
+        );
         let d = diff(&prev, &cur);
         assert_eq!(d[&5].exit_hist[10], 5);
         assert_eq!(d[&5].exit_hist[12], 2);
@@ -184,7 +213,10 @@ mod tests {
 
     #[test]
     fn forget_removes_one_process() {
-        let mut s = snap(&[(key(1, EventKind::Pio, 1), 1, 1), (key(2, EventKind::Pio, 1), 1, 1)]);
+        let mut s = snap(&[
+            (key(1, EventKind::Pio, 1), 1, 1),
+            (key(2, EventKind::Pio, 1), 1, 1),
+        ]);
         s.forget(1);
         assert_eq!(s.tgids(), vec![2]);
     }

@@ -1,0 +1,125 @@
+//! Command-line interface: one file per subcommand.
+
+mod output;
+mod record;
+mod run;
+mod top;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vpm::monitor::MonitorOptions;
+use vpm::telemetry::LoadOptions;
+
+/// vpm watches every KVM virtual machine's peripheral activity (port and MMIO
+/// exits, interrupts, CPU, memory, network, disk), counted in the kernel by
+/// eBPF, exactly and cheaply.
+///
+/// Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with the kvm tracepoints.
+#[derive(Parser)]
+#[command(name = "vpm", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Live per-VM view, refreshed every tick (like kvm_stat); `--once` for a batch report.
+    ///
+    /// Talks to a running `vpm run` agent when one listens on the socket,
+    /// else attaches its own eBPF programs for as long as it runs.
+    Top(top::TopArgs),
+    /// Record per-VM samples in vpm's long CSV format (`timestamp,vm,pid,resource,value`).
+    Record(record::RecordArgs),
+    /// The agent: collect every tick, serve live inspection on a Unix socket, and
+    /// export telemetry CSV files periodically.
+    Run(run::RunArgs),
+}
+
+/// Where the kernel interfaces are and how often to read them.
+#[derive(Args, Clone)]
+pub struct CollectArgs {
+    /// Tick: how often the counters are read (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub interval: Duration,
+    /// tracefs mount point (vpm mounts tracefs at the default path if it is missing).
+    #[arg(long, default_value = vpm::telemetry::DEFAULT_TRACEFS, value_name = "DIR")]
+    pub tracefs: PathBuf,
+    /// Kernel BTF; without it vpm falls back from BTF to raw tracepoints.
+    #[arg(long, default_value = vpm::telemetry::DEFAULT_BTF, value_name = "FILE")]
+    pub btf: PathBuf,
+    /// procfs root (for tests and containers).
+    #[arg(long, default_value = "/proc", value_name = "DIR", hide = true)]
+    pub proc_root: PathBuf,
+    /// sysfs root (for tests and containers).
+    #[arg(long, default_value = "/sys", value_name = "DIR", hide = true)]
+    pub sys_root: PathBuf,
+}
+
+impl CollectArgs {
+    fn monitor_options(&self) -> MonitorOptions {
+        MonitorOptions {
+            load: LoadOptions {
+                mount_tracefs: self.tracefs
+                    == std::path::Path::new(vpm::telemetry::DEFAULT_TRACEFS),
+                tracefs: self.tracefs.clone(),
+                btf: self.btf.clone(),
+            },
+            proc_root: self.proc_root.clone(),
+            sys_root: self.sys_root.clone(),
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = vpm::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Top(args) => top::run(&args),
+        Command::Record(args) => record::run(&args),
+        Command::Run(args) => run::run(&args),
+    }
+}
+
+/// Current wall-clock time in unix seconds.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Sleeps until `deadline`, returning early when `stop` is set.
+pub fn sleep_until(deadline: std::time::Instant, stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// A flag set by SIGINT/SIGTERM.
+pub fn stop_flag() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, Ordering::Relaxed);
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
+}

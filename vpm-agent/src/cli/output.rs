@@ -1,0 +1,142 @@
+//! Rendering of window reports: table, JSON, CSV.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use vpm::report::{VmReport, WindowReport};
+use vpm::store::long;
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A human table.
+    Table,
+    /// The JSON shape documented in the README.
+    Json,
+    /// vpm's long CSV format, one row per VM × resource.
+    Csv,
+}
+
+/// Writes `text` to `out` (a file, written atomically) or stdout.
+pub fn emit(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match out {
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .context("writing to stdout")?;
+            stdout.flush().context("writing to stdout")
+        }
+        Some(path) => write_atomic(path, text.as_bytes()),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = PathBuf::from(path);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    tmp.set_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Renders `report` in `format`; `timestamp` stamps CSV rows.
+pub fn render(report: &WindowReport, format: Output, timestamp: f64) -> anyhow::Result<String> {
+    Ok(match format {
+        Output::Json => {
+            let mut s = serde_json::to_string_pretty(report).context("encoding JSON")?;
+            s.push('\n');
+            s
+        }
+        Output::Csv => {
+            let mut w = long::Writer::new(Vec::new()).context("encoding CSV")?;
+            for row in report.long_rows(timestamp) {
+                w.write(&row).context("encoding CSV")?;
+            }
+            String::from_utf8_lossy(&w.into_inner()).into_owned()
+        }
+        Output::Table => format!("{}\n", table(report)),
+    })
+}
+
+fn si(v: f64) -> String {
+    let (v, unit) = match v.abs() {
+        x if x >= 1e9 => (v / 1e9, "G"),
+        x if x >= 1e6 => (v / 1e6, "M"),
+        x if x >= 1e3 => (v / 1e3, "k"),
+        _ => (v, ""),
+    };
+    if unit.is_empty() && v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}{unit}")
+    }
+}
+
+fn bytes(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |b| format!("{}B", si(b)))
+}
+
+fn rate(vm: &VmReport, key: &str) -> f64 {
+    vm.rates.get(key).copied().unwrap_or(0.0)
+}
+
+/// The `vpm top` table.
+pub fn table(report: &WindowReport) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "VM",
+            "PID",
+            "CPU%",
+            "MEM",
+            "NET rx/s",
+            "NET tx/s",
+            "DISK r/s",
+            "DISK w/s",
+            "PIO/s",
+            "MMIO/s",
+            "IRQ/s",
+            "EXIT/s",
+            "TOP DEVICES (per s)",
+        ]);
+    for vm in &report.vms {
+        let top: Vec<String> = vm
+            .devices
+            .iter()
+            .take(3)
+            .map(|d| format!("{}:{} {}", d.kind, d.key, si(d.per_s)))
+            .collect();
+        t.add_row([
+            Cell::new(&vm.vm),
+            Cell::new(vm.pid),
+            Cell::new(
+                vm.host
+                    .cpu
+                    .map_or_else(|| "-".into(), |c| format!("{:.1}", c * 100.0)),
+            ),
+            Cell::new(bytes(vm.host.mem_bytes.map(|m| m as f64))),
+            Cell::new(bytes(vm.host.net_rx_bytes_per_s)),
+            Cell::new(bytes(vm.host.net_tx_bytes_per_s)),
+            Cell::new(bytes(vm.host.disk_read_bytes_per_s)),
+            Cell::new(bytes(vm.host.disk_write_bytes_per_s)),
+            Cell::new(si(rate(vm, "pio_per_s"))),
+            Cell::new(si(rate(vm, "mmio_per_s"))),
+            Cell::new(si(rate(vm, "msi_per_s") + rate(vm, "irq_per_s"))),
+            Cell::new(si(rate(vm, "userspace_exit_per_s") + rate(vm, "exit_per_s"))),
+            Cell::new(top.join(", ")),
+        ]);
+    }
+    t
+}

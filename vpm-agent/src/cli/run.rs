@@ -1,0 +1,177 @@
+//! `vpm run`: the agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use vpm::api::{self, server};
+use vpm::history::{History, Tick};
+use vpm::monitor::Monitor;
+use vpm::report::Window;
+use vpm::store::long;
+
+use super::{CollectArgs, duration, unix_now};
+
+/// Arguments of `vpm run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    collect: CollectArgs,
+    /// Unix socket for `vpm top` and other clients (mode 0600).
+    #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// Directory for telemetry CSV exports (`telemetry-<unix time>.csv`).
+    #[arg(long, default_value = "/var/lib/vpm/exports", value_name = "DIR")]
+    export_dir: PathBuf,
+    /// How often a telemetry CSV file is written.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    export_interval: Duration,
+    /// How many export files to keep (oldest removed first).
+    #[arg(long, default_value_t = 1440)]
+    keep: usize,
+    /// How much history the agent keeps for live queries.
+    #[arg(long, default_value = "15m", value_parser = duration)]
+    history: Duration,
+    /// Stop after this long (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+}
+
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.export_dir).with_context(|| {
+        format!(
+            "cannot create the export directory {}",
+            args.export_dir.display()
+        )
+    })?;
+    let monitor = Monitor::start(&args.collect.monitor_options())?;
+    log::info!("{}", monitor.attach_summary());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(agent(args, monitor))
+}
+
+async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
+    let listener = server::bind(&args.socket)?;
+    log::info!("serving on {}", args.socket.display());
+    let shared = Arc::new(Mutex::new(server::Shared {
+        history: History::new(args.history.as_secs_f64()),
+        status: api::Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            tick_s: args.collect.interval.as_secs_f64(),
+            ticks: 0,
+            attachments: api::attachments_json(monitor.attachments()),
+        },
+    }));
+    let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+
+    let mut ticker = tokio::time::interval(args.collect.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut exporter = Exporter::new(&args.export_dir, args.keep, unix_now());
+    let mut next_export = tokio::time::Instant::now() + args.export_interval;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let result = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+        }
+        let tick = match monitor.tick(unix_now()) {
+            Ok(t) => t,
+            Err(e) => break Err(anyhow::Error::new(e).context("reading telemetry failed")),
+        };
+        exporter.add(&tick);
+        if let Ok(mut s) = shared.lock() {
+            s.history.push(tick);
+            s.status.ticks += 1;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_export {
+            next_export = now + args.export_interval;
+            if let Err(e) = exporter.flush(unix_now()) {
+                log::error!("{e:#}");
+            }
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            break Ok(());
+        }
+    };
+    server.abort();
+    // Nothing collected is lost on the way out: the partial interval is exported too.
+    if let Err(e) = exporter.flush(unix_now()) {
+        log::error!("{e:#}");
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    log::info!("stopped");
+    result
+}
+
+/// Periodic telemetry CSV files in the export directory.
+struct Exporter {
+    dir: PathBuf,
+    keep: usize,
+    rows: Vec<long::Row>,
+    prev_at: f64,
+}
+
+impl Exporter {
+    fn new(dir: &Path, keep: usize, now: f64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            keep,
+            rows: Vec::new(),
+            prev_at: now,
+        }
+    }
+
+    fn add(&mut self, tick: &Tick) {
+        let mut window = Window::starting_at(self.prev_at);
+        tick.add_to(&mut window);
+        self.prev_at = tick.at;
+        self.rows.extend(window.report().long_rows(tick.at));
+    }
+
+    /// Writes the rows gathered since the last flush to a new file, atomically,
+    /// then removes the oldest files beyond `keep`.
+    fn flush(&mut self, now: f64) -> anyhow::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut w = long::Writer::new(Vec::new()).context("encoding CSV")?;
+        for row in &self.rows {
+            w.write(row).context("encoding CSV")?;
+        }
+        let path = self.dir.join(format!("telemetry-{}.csv", now as u64));
+        super::output::write_atomic(&path, &w.into_inner())
+            .with_context(|| format!("exporting telemetry to {}", path.display()))?;
+        log::debug!("exported {} rows to {}", self.rows.len(), path.display());
+        self.rows.clear();
+        rotate(&self.dir, self.keep)
+    }
+}
+
+fn rotate(dir: &Path, keep: usize) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("telemetry-") && n.ends_with(".csv"))
+        })
+        .collect();
+    files.sort();
+    let excess = files.len().saturating_sub(keep);
+    for old in files.into_iter().take(excess) {
+        std::fs::remove_file(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The agent's recent ticks, bounded by age, and windows over them.
+
+use std::collections::VecDeque;
+
+use crate::host::HostSample;
+use crate::report::{VmInfo, Window};
+use crate::telemetry::ProcessDelta;
+
+/// What one VM did in one tick.
+#[derive(Clone, Debug)]
+pub struct VmTick {
+    /// Who.
+    pub info: VmInfo,
+    /// Its events in the tick (`None`: none at all).
+    pub delta: Option<ProcessDelta>,
+    /// Host-side counters at the end of the tick (`None`: not readable).
+    pub host: Option<HostSample>,
+}
+
+/// One tick of the whole host.
+#[derive(Clone, Debug)]
+pub struct Tick {
+    /// Unix seconds at the end of the tick.
+    pub at: f64,
+    /// Every VM seen.
+    pub vms: Vec<VmTick>,
+}
+
+impl Tick {
+    /// Adds this tick to `window`.
+    pub fn add_to(&self, window: &mut Window) {
+        window.extend_to(self.at);
+        for vm in &self.vms {
+            window.observe(self.at, &vm.info, vm.delta.as_ref(), vm.host.as_ref());
+        }
+    }
+}
+
+/// Recent ticks, oldest first, no older than `max_age_s` behind the newest.
+#[derive(Debug)]
+pub struct History {
+    ticks: VecDeque<Tick>,
+    max_age_s: f64,
+}
+
+impl History {
+    /// An empty history keeping `max_age_s` seconds.
+    pub fn new(max_age_s: f64) -> Self {
+        Self {
+            ticks: VecDeque::new(),
+            max_age_s,
+        }
+    }
+
+    /// Appends a tick and drops the ones that aged out.
+    pub fn push(&mut self, tick: Tick) {
+        let newest = tick.at;
+        self.ticks.push_back(tick);
+        while self
+            .ticks
+            .front()
+            .is_some_and(|t| newest - t.at > self.max_age_s)
+        {
+            self.ticks.pop_front();
+        }
+    }
+
+    /// Number of ticks kept.
+    pub fn len(&self) -> usize {
+        self.ticks.len()
+    }
+
+    /// Whether no tick is kept.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty()
+    }
+
+    /// The window over the last `seconds` before the newest tick. The tick just
+    /// before the window supplies the host counters' baseline.
+    pub fn window(&self, seconds: f64) -> Window {
+        let Some(newest) = self.ticks.back() else {
+            return Window::default();
+        };
+        let from = newest.at - seconds;
+        let first_inside = self
+            .ticks
+            .iter()
+            .position(|t| t.at > from + 1e-9)
+            .unwrap_or(self.ticks.len());
+        let mut window = match first_inside.checked_sub(1).and_then(|i| self.ticks.get(i)) {
+            Some(base) => {
+                let mut w = Window::starting_at(base.at);
+                for vm in &base.vms {
+                    w.observe(base.at, &vm.info, None, vm.host.as_ref());
+                }
+                w
+            }
+            None => Window::starting_at(from.max(0.0)),
+        };
+        for tick in self.ticks.iter().skip(first_inside) {
+            tick.add_to(&mut window);
+        }
+        window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::DeviceDelta;
+    use vpm_common::{Counter, EventKind};
+
+    fn tick(at: f64, pio: u64) -> Tick {
+        Tick {
+            at,
+            vms: vec![VmTick {
+                info: VmInfo {
+                    pid: 1,
+                    name: "a".into(),
+                    uuid: None,
+                    vmm: "qemu".into(),
+                },
+                delta: Some(ProcessDelta {
+                    devices: vec![DeviceDelta {
+                        kind: EventKind::Pio,
+                        device: 0x80,
+                        delta: Counter {
+                            count: pio,
+                            bytes: pio,
+                        },
+                    }],
+                    ..Default::default()
+                }),
+                host: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn old_ticks_age_out() {
+        let mut h = History::new(10.0);
+        for i in 0..30u32 {
+            h.push(tick(f64::from(i), 1));
+        }
+        assert_eq!(h.len(), 11);
+    }
+
+    #[test]
+    fn window_counts_only_ticks_inside_it() {
+        let mut h = History::new(100.0);
+        for i in 1..=10u32 {
+            h.push(tick(f64::from(i), u64::from(i)));
+        }
+        // Last 3 s: ticks at 8, 9, 10 (baseline 7, whose events are outside).
+        let r = h.window(3.0).report();
+        assert_eq!(r.window_s, 3.0);
+        assert_eq!(r.vms[0].events["pio"], 8 + 9 + 10);
+    }
+}

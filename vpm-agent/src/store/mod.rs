@@ -1,0 +1,2 @@
+//! Telemetry storage and export. For now: vpm's long CSV format.
+pub mod long;
