@@ -1,1 +1,161 @@
-//! Shared helpers for vpm integration tests.
+//! Shared helpers for vpm's integration tests (root, /dev/kvm, BPF).
+//!
+//! Run them with `cargo xtask test`, which builds the binaries they drive.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// Path of a workspace binary (`vpm`, `vpm-testvm`) next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A test-VMM guest that finished its workload and is held alive.
+pub struct HeldVm {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The VMM's pid (the tgid vpm keys its counters by).
+    pub pid: u32,
+    /// The report the VMM printed.
+    pub report: serde_json::Value,
+}
+
+impl HeldVm {
+    /// Starts `vpm-testvm ARGS --hold` (optionally under `wrapper`, e.g. perf) and waits
+    /// until it has done its workload.
+    pub fn start(args: &[&str], wrapper: Option<&[&str]>) -> anyhow::Result<Self> {
+        let testvm = bin("vpm-testvm");
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(&testvm);
+                c
+            }
+            None => Command::new(&testvm),
+        };
+        cmd.args(args)
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawning vpm-testvm")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the report")?;
+        if line.is_empty() {
+            let out = child.wait_with_output().context("waiting for vpm-testvm")?;
+            bail!(
+                "vpm-testvm printed no report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&line).context("decoding the report")?;
+        let pid = report["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .context("report without pid")?;
+        let stdin = child.stdin.take();
+        Ok(Self {
+            child,
+            stdin,
+            pid,
+            report,
+        })
+    }
+
+    /// Lets the VMM exit and returns its (or its wrapper's) stderr.
+    pub fn release(mut self) -> anyhow::Result<String> {
+        drop(self.stdin.take());
+        let mut stderr = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut err, &mut stderr).context("reading stderr")?;
+        }
+        let status = self.child.wait().context("waiting for vpm-testvm")?;
+        if !status.success() {
+            bail!("vpm-testvm (or its wrapper) failed: {status}: {stderr}");
+        }
+        Ok(stderr)
+    }
+}
+
+impl Drop for HeldVm {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `perf stat -x,` output into (event, count) pairs.
+pub fn parse_perf_csv(stderr: &str) -> Vec<(String, u64)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let count = fields.first()?.trim().parse::<u64>().ok()?;
+            let event = fields.get(2)?.trim().to_owned();
+            Some((event, count))
+        })
+        .collect()
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// This process's resident set size in bytes.
+pub fn self_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_csv_lines_are_parsed() {
+        let text = "1001,,kvm:kvm_pio,2001,100.00,,\n500,,kvm:kvm_mmio,2001,100.00,,\n<not counted>,,kvm:kvm_exit,0,0.00,,\n";
+        assert_eq!(
+            parse_perf_csv(text),
+            vec![
+                ("kvm:kvm_pio".to_owned(), 1001),
+                ("kvm:kvm_mmio".to_owned(), 500)
+            ]
+        );
+    }
+}

@@ -55,6 +55,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
+    // The tests drive the `vpm` and `vpm-testvm` binaries.
+    util::run(util::cargo().args(["build", "--package", "vpm-agent", "--bins"]))?;
     let mut privileged = util::cargo();
     privileged
         .args([

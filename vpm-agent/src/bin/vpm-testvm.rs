@@ -22,7 +22,7 @@ ioctls on GSI 5 (levels 1, 0, 1, ...); either creates the in-kernel irqchip.
 All counts are per repeat.
 
 When the workload is done it prints one JSON line (the report, totals over all
-repeats) on stdout. With --hold it then waits until stdin reaches EOF or
+repeats, and its pid) on stdout. With --hold it then waits until stdin reaches EOF or
 SIGTERM/SIGINT arrives, and exits 0: keep stdin open (a pipe) to keep it alive;
 with stdin at /dev/null it exits at once.
 
@@ -147,7 +147,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
         None
     };
 
-    let line = serde_json::to_string(&report).context("encoding the report")?;
+    // The report, plus this process's pid (tests match it with vpm's per-process counts).
+    let mut json = serde_json::to_value(&report).context("encoding the report")?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("pid".into(), std::process::id().into());
+    }
+    let line = json.to_string();
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())

@@ -1,0 +1,364 @@
+//! The `vpm` binary end to end: batch reports with exact counts, hostile VM
+//! names, the agent with its socket and exports, and the errors an operator
+//! meets (not root, tracefs missing, no BTF, bad arguments).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use assert_cmd::prelude::*;
+use vpm_tests::{HeldVm, bin, wait_until};
+
+fn vpm() -> Command {
+    let mut c = Command::new(bin("vpm"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+fn vm_by_pid<'a>(report: &'a serde_json::Value, pid: u32) -> &'a serde_json::Value {
+    report["vms"]
+        .as_array()
+        .and_then(|vms| vms.iter().find(|v| v["pid"] == pid))
+        .unwrap_or_else(|| panic!("pid {pid} not in report {report:#}"))
+}
+
+/// Starts `vpm top --once` and returns once it has attached and is collecting.
+fn start_top(extra: &[&str]) -> std::process::Child {
+    let mut child = vpm()
+        .args(["top", "--once", "--standalone", "--output", "json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpm top");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("vpm top exited before collecting")
+            .expect("read stderr");
+        if line.contains("collecting for") {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn top_once_reports_exact_counts_names_and_uuids() {
+    let top = start_top(&["--duration", "3s", "--interval", "500ms"]);
+    let uuid = "6c1e0a5e-1f3b-4c9e-9a51-0123456789ab";
+    let vm = HeldVm::start(
+        &[
+            "-name",
+            "guest=web01,debug-threads=on",
+            "-uuid",
+            uuid,
+            "--pio",
+            "0x3f8:4321",
+            "--mmio",
+            "0x100000:123",
+        ],
+        None,
+    )
+    .expect("guest");
+    let out = top.wait_with_output().expect("vpm top");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(report["window_s"].as_f64().expect("window_s") >= 2.9);
+    let v = vm_by_pid(&report, vm.pid);
+    assert_eq!(v["vm"], "web01");
+    assert_eq!(v["uuid"], uuid);
+    assert_eq!(v["events"]["pio"], 4322); // + the done port
+    assert_eq!(v["events"]["mmio"], 123);
+    assert_eq!(v["events"]["userspace_exit"], 4321 + 123 + 1);
+    let devices = v["devices"].as_array().expect("devices");
+    let port = devices
+        .iter()
+        .find(|d| d["key"] == "0x3f8")
+        .expect("port 0x3f8");
+    assert_eq!(port["kind"], "pio");
+    assert_eq!(port["count"], 4321);
+    assert_eq!(port["bytes"], 4321);
+    let page = devices
+        .iter()
+        .find(|d| d["key"] == "0x100000")
+        .expect("mmio page");
+    assert_eq!(page["kind"], "mmio");
+    assert_eq!(page["count"], 123);
+    // Host metrics of a live process are read.
+    assert!(v["host"]["mem_bytes"].as_u64().expect("mem") > 0);
+    assert!(v["host"]["cpu"].as_f64().is_some());
+    vm.release().expect("release");
+}
+
+#[test]
+fn without_btf_it_falls_back_to_raw_tracepoints_and_still_counts_exactly() {
+    let top = start_top(&["--duration", "2s", "--btf", "/nonexistent/vmlinux"]);
+    let vm = HeldVm::start(&["--pio", "0x80:777"], None).expect("guest");
+    let out = top.wait_with_output().expect("vpm top");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(vm_by_pid(&report, vm.pid)["events"]["pio"], 778);
+    vm.release().expect("release");
+}
+
+#[test]
+fn missing_btf_is_named_with_its_fix() {
+    let out = vpm()
+        .args([
+            "top",
+            "--once",
+            "--standalone",
+            "--duration",
+            "500ms",
+            "--btf",
+            "/nonexistent/vmlinux",
+        ])
+        .output()
+        .expect("vpm");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BTF not found at /nonexistent/vmlinux"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_DEBUG_INFO_BTF"), "{stderr}");
+    assert!(stderr.contains("raw_tp"), "{stderr}");
+}
+
+#[test]
+fn not_root_is_refused_with_the_fix() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin("vpm"))
+        .args(["top", "--once", "--standalone", "--duration", "1s"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not permitted to load eBPF programs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("sudo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tracefs_not_mounted_names_the_mount_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = vpm()
+        .args([
+            "top",
+            "--once",
+            "--standalone",
+            "--duration",
+            "1s",
+            "--tracefs",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("vpm");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("tracefs not mounted at {}", dir.path().display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("mount -t tracefs nodev"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_teach_the_syntax() {
+    vpm()
+        .args(["top", "--once", "--duration", "10"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("ms, s, m or h"));
+    vpm()
+        .args(["top", "--once", "--output", "xml"])
+        .assert()
+        .failure()
+        .stderr(predicates::prelude::PredicateBooleanExt::and(
+            predicates::str::contains("table"),
+            predicates::str::contains("json"),
+        ));
+}
+
+/// Splits one CSV line into fields (RFC 4180 quoting).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("field").push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().expect("field").push(c),
+        }
+    }
+    fields
+}
+
+#[test]
+fn hostile_vm_names_never_corrupt_csv_or_the_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("rec.csv");
+    // ESC sequence, quotes, a QEMU-escaped comma, a newline and a tab.
+    let hostile = "guest=evil\u{1b}[2J,,\"q\"\nx\ty,debug-threads=on";
+    let vm = HeldVm::start(&["-name", hostile, "--pio", "0x3f8:5"], None).expect("guest");
+    vpm()
+        .args([
+            "record",
+            "--duration",
+            "1500ms",
+            "--interval",
+            "500ms",
+            "-o",
+        ])
+        .arg(&csv)
+        .assert()
+        .success();
+    let table = vpm()
+        .args([
+            "top",
+            "--once",
+            "--standalone",
+            "--duration",
+            "500ms",
+            "--output",
+            "table",
+        ])
+        .output()
+        .expect("vpm top");
+    let pid = vm.pid;
+    vm.release().expect("release");
+
+    let bytes = std::fs::read(&csv).expect("csv");
+    assert!(!bytes.contains(&0x1b), "ESC reached the CSV");
+    let text = String::from_utf8(bytes).expect("utf8");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp,vm,pid,resource,value"));
+    let mut names = Vec::new();
+    for line in lines {
+        let f = csv_fields(line);
+        assert_eq!(f.len(), 5, "row {line:?}");
+        if f[2] == pid.to_string() {
+            names.push(f[1].clone());
+        }
+    }
+    assert!(!names.is_empty(), "the VM is not in the recording:\n{text}");
+    assert_eq!(names[0], "evil\\x1b[2J,\"q\"\\x0ax\\x09y");
+    assert!(
+        !table.stdout.contains(&0x1b),
+        "ESC reached the terminal output"
+    );
+    assert!(String::from_utf8_lossy(&table.stdout).contains("evil\\x1b[2J"));
+}
+
+#[test]
+fn the_agent_serves_top_and_exports_telemetry_csv() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("vpm.sock");
+    let exports = dir.path().join("exports");
+    let mut agent = vpm()
+        .args([
+            "run",
+            "--interval",
+            "500ms",
+            "--export-interval",
+            "1s",
+            "--duration",
+            "30s",
+        ])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--export-dir")
+        .arg(&exports)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vpm run");
+    assert!(
+        wait_until(Duration::from_secs(20), || socket.exists()),
+        "agent socket never appeared"
+    );
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let vm = HeldVm::start(&["-name", "db7", "--pio", "0x70:300"], None).expect("guest");
+    let out = vpm()
+        .args([
+            "top",
+            "--once",
+            "--duration",
+            "2s",
+            "--output",
+            "json",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .expect("vpm top");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using the agent"));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = vm_by_pid(&report, vm.pid);
+    assert_eq!(v["vm"], "db7");
+    assert_eq!(v["events"]["pio"], 301);
+
+    // Exports: atomic files in the long format, naming the VM.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_dir(&exports).is_ok_and(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|t| t.contains(",db7,") && t.contains("dev:pio:0x70_per_s"))
+                })
+            })
+        }),
+        "no export names the VM"
+    );
+    vm.release().expect("release");
+    // SIGTERM: the agent stops cleanly and removes its socket.
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait().expect("agent");
+    assert!(status.success(), "agent exit {status}");
+    assert!(!socket.exists(), "socket left behind");
+    for entry in std::fs::read_dir(&exports).expect("exports") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            name.starts_with("telemetry-") && name.ends_with(".csv"),
+            "stray file {name}"
+        );
+        let text = std::fs::read_to_string(&path).expect("export");
+        assert!(text.starts_with("timestamp,vm,pid,resource,value\n"));
+    }
+}

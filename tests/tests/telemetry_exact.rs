@@ -1,0 +1,210 @@
+//! Several real KVM guests at once with known counts: vpm's per-VM counts, read
+//! from vpm's own BPF maps, must equal them exactly, and must equal what
+//! `perf stat` counts on the same tracepoints for the same processes.
+
+use std::collections::BTreeMap;
+
+use vpm::lab::vmm::DONE_PORT;
+use vpm::monitor::{Monitor, MonitorOptions};
+use vpm::telemetry::Snapshot;
+use vpm_common::EventKind;
+use vpm_tests::{HeldVm, parse_perf_csv};
+
+/// Per-kind and per-(kind, device) totals of one process in a snapshot.
+fn counts_of(
+    snap: &Snapshot,
+    tgid: u32,
+) -> (BTreeMap<EventKind, u64>, BTreeMap<(EventKind, u64), u64>) {
+    let mut kinds = BTreeMap::new();
+    let mut devices = BTreeMap::new();
+    for (key, c) in snap.counters.iter().filter(|(k, _)| k.tgid == tgid) {
+        let kind = EventKind::from_u32(key.kind).expect("known kind");
+        *kinds.entry(kind).or_default() += c.count;
+        *devices.entry((kind, key.device)).or_default() += c.count;
+    }
+    (kinds, devices)
+}
+
+struct Case {
+    name: &'static str,
+    port: u16,
+    pio: u64,
+    gpa: u64,
+    mmio: u64,
+    msi: u64,
+    irq: u64,
+    repeat: u64,
+}
+
+const PERF_EVENTS: &str =
+    "kvm:kvm_pio,kvm:kvm_mmio,kvm:kvm_userspace_exit,kvm:kvm_msi_set_irq,kvm:kvm_set_irq";
+
+#[test]
+fn concurrent_guests_are_counted_exactly_and_agree_with_perf() {
+    let mut monitor = Monitor::start(&MonitorOptions::default()).expect("vpm attaches");
+    let cases = [
+        Case {
+            name: "alpha",
+            port: 0x3f8,
+            pio: 12_345,
+            gpa: 0x10_0000,
+            mmio: 678,
+            msi: 0,
+            irq: 0,
+            repeat: 1,
+        },
+        Case {
+            name: "bravo",
+            port: 0x70,
+            pio: 2_000,
+            gpa: 0x10_f000,
+            mmio: 10,
+            msi: 5,
+            irq: 4,
+            repeat: 3,
+        },
+        Case {
+            name: "charlie",
+            port: 0x2f8,
+            pio: 1,
+            gpa: 0x1_0000,
+            mmio: 0,
+            msi: 0,
+            irq: 0,
+            repeat: 2,
+        },
+    ];
+    let mut vms = Vec::new();
+    for c in &cases {
+        let name = format!("guest={},debug-threads=on", c.name);
+        let pio = format!("{:#x}:{}", c.port, c.pio);
+        let mmio = format!("{:#x}:{}", c.gpa, c.mmio);
+        let (msi, irq, repeat) = (c.msi.to_string(), c.irq.to_string(), c.repeat.to_string());
+        let args = [
+            "-name",
+            &name,
+            "--pio",
+            &pio,
+            "--mmio",
+            &mmio,
+            "--msi",
+            &msi,
+            "--irq",
+            &irq,
+            "--repeat",
+            &repeat,
+            "--pause-ms",
+            "20",
+        ];
+        let perf = ["perf", "stat", "-x,", "-e", PERF_EVENTS, "--"];
+        vms.push(HeldVm::start(&args, Some(&perf)).expect("guest runs"));
+    }
+
+    // All guests are done and held alive: read vpm's maps.
+    let tick = monitor.tick(0.0).expect("tick");
+    let snap = monitor.last_snapshot().clone();
+    for (c, vm) in cases.iter().zip(&vms) {
+        let (kinds, devices) = counts_of(&snap, vm.pid);
+        let r = c.repeat;
+        let done = r; // one exit on the done port per repeat
+        assert_eq!(
+            devices.get(&(EventKind::Pio, u64::from(c.port))),
+            Some(&(c.pio * r)),
+            "{}: pio on {:#x}",
+            c.name,
+            c.port
+        );
+        assert_eq!(
+            devices.get(&(EventKind::Pio, u64::from(DONE_PORT))),
+            Some(&done),
+            "{}: done port",
+            c.name
+        );
+        assert_eq!(
+            kinds.get(&EventKind::Pio).copied().unwrap_or(0),
+            c.pio * r + done,
+            "{}: pio total",
+            c.name
+        );
+        assert_eq!(
+            kinds.get(&EventKind::Mmio).copied().unwrap_or(0),
+            c.mmio * r,
+            "{}: mmio",
+            c.name
+        );
+        if c.mmio > 0 {
+            assert_eq!(
+                devices.get(&(EventKind::Mmio, c.gpa & !0xfff)),
+                Some(&(c.mmio * r)),
+                "{}: mmio page",
+                c.name
+            );
+        }
+        assert_eq!(
+            kinds.get(&EventKind::Msi).copied().unwrap_or(0),
+            c.msi * r,
+            "{}: msi",
+            c.name
+        );
+        assert_eq!(
+            kinds.get(&EventKind::Irq).copied().unwrap_or(0),
+            c.irq * r,
+            "{}: irq",
+            c.name
+        );
+        assert_eq!(
+            kinds.get(&EventKind::UserspaceExit).copied().unwrap_or(0),
+            (c.pio + c.mmio) * r + done,
+            "{}: userspace exits",
+            c.name
+        );
+        // The tick names the VM from its command line.
+        let seen = tick
+            .vms
+            .iter()
+            .find(|v| v.info.pid == vm.pid)
+            .expect("vm in tick");
+        assert_eq!(seen.info.name, c.name);
+        assert_eq!(seen.info.vmm, "vpm-test-vm");
+    }
+
+    // Let the guests exit; perf prints its counts for the same processes.
+    let mut perf_counts = Vec::new();
+    let pids: Vec<u32> = vms.iter().map(|v| v.pid).collect();
+    let pids_after = pids.clone();
+    for vm in vms {
+        perf_counts.push(parse_perf_csv(&vm.release().expect("guest exits cleanly")));
+    }
+    for ((c, pid), perf) in cases.iter().zip(pids).zip(perf_counts) {
+        let (kinds, _) = counts_of(&snap, pid);
+        let perf: BTreeMap<String, u64> = perf.into_iter().collect();
+        for (event, kind) in [
+            ("kvm:kvm_pio", EventKind::Pio),
+            ("kvm:kvm_mmio", EventKind::Mmio),
+            ("kvm:kvm_userspace_exit", EventKind::UserspaceExit),
+            ("kvm:kvm_msi_set_irq", EventKind::Msi),
+            ("kvm:kvm_set_irq", EventKind::Irq),
+        ] {
+            let from_perf = perf
+                .get(event)
+                .copied()
+                .unwrap_or_else(|| panic!("{}: perf did not count {event}: {perf:?}", c.name));
+            assert_eq!(
+                kinds.get(&kind).copied().unwrap_or(0),
+                from_perf,
+                "{}: vpm vs perf on {event}",
+                c.name
+            );
+        }
+    }
+
+    // Once they exited, the next tick prunes their entries from the maps.
+    monitor.tick(1.0).expect("tick");
+    let snap = monitor.telemetry().snapshot().expect("snapshot");
+    for pid in pids_after {
+        assert!(
+            !snap.tgids().contains(&pid),
+            "entries of exited pid {pid} left in the map"
+        );
+    }
+}
