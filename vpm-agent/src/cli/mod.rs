@@ -18,7 +18,20 @@ use vpm::telemetry::LoadOptions;
 ///
 /// Needs root (or CAP_BPF + CAP_PERFMON) and a kernel with the kvm tracepoints.
 #[derive(Parser)]
-#[command(name = "vpm", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "vpm",
+    version,
+    about,
+    long_about,
+    propagate_version = true,
+    after_help = "Examples:
+  vpm top                                        live view (Ctrl-C quits)
+  vpm top --once --duration 10s --output json    one report over 10 s
+  vpm record --duration 60s -o samples.csv       per-tick samples, long CSV
+  vpm run                                        the agent (socket + periodic CSV exports)
+
+The CSV and JSON formats are documented in the README."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
