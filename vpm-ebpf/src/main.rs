@@ -37,6 +37,9 @@ static EXIT_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_EXIT_
 static EXIT_HIST: PerCpuHashMap<HistKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_HIST_ENTRIES, 0);
 
+/// `EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST` (errno 17).
+const EEXIST: i32 = 17;
+
 /// The tracepoint's arguments, whichever way the program was attached.
 trait Args {
     fn arg(&self, n: usize) -> u64;
@@ -102,8 +105,8 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
         }
         match COUNTERS.insert(&key, &Counter { count: 1, bytes }, BPF_NOEXIST.into()) {
             Ok(()) => return,
-            // EEXIST: another CPU inserted the key first; look it up again.
-            Err(e) if e == -17 => continue,
+            // Another CPU inserted the key first; look it up again.
+            Err(e) if e == -EEXIST => continue,
             Err(_) => break,
         }
     }

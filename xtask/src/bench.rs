@@ -1,4 +1,17 @@
 //! `cargo xtask bench <name>`: benchmarks that write their own section of BENCHMARKS.md.
+//!
+//! `cargo xtask bench telemetry` checks the prerequisites, builds the test VMM
+//! and the bench binary, runs it (root, /dev/kvm, BPF, perf) and replaces the
+//! `## telemetry` section of BENCHMARKS.md, leaving other sections alone.
+//! `--smoke` is CI's short pass: the same checks on a small workload, printed
+//! only, BENCHMARKS.md untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, is_root};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -10,6 +23,175 @@ pub struct Options {
     pub smoke: bool,
 }
 
+/// The benchmarks there are.
+const BENCHMARKS: &[&str] = &["telemetry"];
+
+const BENCHMARKS_FILE: &str = "BENCHMARKS.md";
+
+const HEADER: &str = "# vpm benchmarks\n\n\
+Each section below is written by `cargo xtask bench <name>` (figures, command, commit, \
+date and machine); do not edit it by hand, run the bench again.\n";
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    anyhow::bail!("unknown benchmark `{}`", opts.name)
+    match opts.name.as_str() {
+        "telemetry" => telemetry(opts.smoke),
+        other => bail!(
+            "unknown benchmark `{other}`; known: {}",
+            BENCHMARKS.join(", ")
+        ),
+    }
+}
+
+fn telemetry(smoke: bool) -> anyhow::Result<()> {
+    crate::setup::run(&crate::setup::Options { check: true })?;
+    if !is_root() {
+        bail!(
+            "the telemetry bench loads eBPF programs and runs KVM guests: run \
+             `sudo -E cargo xtask bench telemetry`"
+        );
+    }
+    if !Path::new("/dev/kvm").exists() {
+        bail!("/dev/kvm not found: the telemetry bench runs a real KVM guest");
+    }
+
+    // The dev profile on purpose: the workspace builds dependencies at
+    // opt-level 2 even there, the eBPF object is always built in release, and
+    // the cost under test is in the kernel (the BPF programs and KVM's exit
+    // path), not in the VMM's or the bench's own code. It also reuses the
+    // test build instead of compiling everything a second time.
+    let mut build = util::cargo();
+    build.args([
+        "build",
+        "-p",
+        "vpm-agent",
+        "--bin",
+        "vpm-testvm",
+        "-p",
+        "vpm-tests",
+        "--bin",
+        "bench-telemetry",
+    ]);
+    util::run(&mut build)?;
+
+    let root = util::workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("bench-telemetry");
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let section_file = out_dir.join("telemetry.md");
+
+    let mut bench = Command::new(&bin);
+    bench
+        .current_dir(&root)
+        .arg("--markdown")
+        .arg(&section_file);
+    if smoke {
+        bench.arg("--smoke");
+    }
+    util::run(&mut bench)?;
+    let section = std::fs::read_to_string(&section_file)
+        .with_context(|| format!("reading {}", section_file.display()))?;
+    print!("{section}");
+
+    if smoke {
+        eprintln!("xtask: smoke pass: {BENCHMARKS_FILE} left untouched");
+        return Ok(());
+    }
+    let path = root.join(BENCHMARKS_FILE);
+    let current = match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let updated = replace_section(current.as_deref(), "telemetry", &section);
+    std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "xtask: wrote the `## telemetry` section of {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `doc` (or a new file with [`HEADER`]) with its `## {name}` section — from that
+/// heading to the next `## ` heading or the end — replaced by `section`, or
+/// `section` appended when there is none.
+fn replace_section(doc: Option<&str>, name: &str, section: &str) -> String {
+    let doc = doc.unwrap_or(HEADER);
+    let heading = format!("## {name}");
+    let section = format!("{}\n", section.trim_end());
+    let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+    let start = lines.iter().position(|l| l.trim_end() == heading);
+    match start {
+        Some(start) => {
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| l.starts_with("## "))
+                .map_or(lines.len(), |i| start + 1 + i);
+            let mut out: String = lines[..start].concat();
+            out.push_str(&section);
+            if end < lines.len() {
+                out.push('\n');
+                out.push_str(&lines[end..].concat());
+            }
+            out
+        }
+        None => {
+            let mut out = doc.trim_end().to_owned();
+            out.push_str("\n\n");
+            out.push_str(&section);
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_file_gets_header_and_section() {
+        let out = replace_section(None, "telemetry", "## telemetry\n\nfigures\n");
+        assert!(out.starts_with("# vpm benchmarks\n"));
+        assert!(out.ends_with("\n\n## telemetry\n\nfigures\n"));
+    }
+
+    #[test]
+    fn replaces_only_its_own_section() {
+        let doc = "# vpm benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## telemetry\n\nold\n\n\
+                   ### What it would take\n\nold too\n\n## later\n\nkeep me too\n";
+        let out = replace_section(Some(doc), "telemetry", "## telemetry\n\nnew\n\n\n");
+        assert_eq!(
+            out,
+            "# vpm benchmarks\n\nintro\n\n## other\n\nkeep me\n\n## telemetry\n\nnew\n\n\
+             ## later\n\nkeep me too\n"
+        );
+    }
+
+    #[test]
+    fn appends_when_absent_and_is_idempotent() {
+        let doc = "# vpm benchmarks\n\n## other\n\nkeep\n";
+        let once = replace_section(Some(doc), "telemetry", "## telemetry\n\nx\n");
+        assert_eq!(
+            once,
+            "# vpm benchmarks\n\n## other\n\nkeep\n\n## telemetry\n\nx\n"
+        );
+        let twice = replace_section(Some(&once), "telemetry", "## telemetry\n\nx\n");
+        assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn unknown_benchmark_lists_known_ones() {
+        let err = run(&Options {
+            name: "nope".into(),
+            smoke: false,
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("unknown benchmark `nope`"), "{err}");
+        assert!(err.contains("telemetry"), "{err}");
+    }
 }
