@@ -17,6 +17,9 @@ pub mod maps {
     pub const EXIT_START: &str = "VPM_EXIT_START";
     /// `PerCpuHashMap<HistKey, u64>`: exit-handling time histogram per VM process.
     pub const EXIT_HIST: &str = "VPM_EXIT_HIST";
+    /// `PerCpuArray<CacheSlot>` indexed by [`crate::EventKind`]: each CPU's most
+    /// recent key of each kind, counted without a hash lookup.
+    pub const CACHE: &str = "VPM_CACHE";
 }
 
 /// Capacity of [`maps::COUNTERS`]. The agent prunes entries of exited processes
@@ -85,7 +88,7 @@ impl EventKind {
 
 /// Key of [`maps::COUNTERS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CounterKey {
     /// Thread-group id (the VMM process) the event ran in.
     pub tgid: u32,
@@ -106,6 +109,46 @@ pub struct Counter {
     pub bytes: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// One slot of [`maps::CACHE`]: the key most recently counted on this CPU for
+/// one event kind, with its **cumulative** per-CPU totals.
+///
+/// A busy vCPU hits the same (VM, kind, device) key over and over; the slot
+/// counts those hits with one array access instead of a hash lookup. On a miss
+/// the program writes the slot's totals back to [`maps::COUNTERS`] (only if the
+/// key is still there: the agent deletes keys of exited VMs) and loads the new
+/// key's totals from it, creating the entry first if needed, so every cached key
+/// has an entry in [`maps::COUNTERS`] and a slot's totals are never below that
+/// entry's value for the same CPU. The agent reads the slots *before* the hash
+/// and, per key and CPU, takes the larger of the two: the result never goes
+/// backwards between two reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheSlot {
+    /// The cached key; `key.kind` is the [`EventKind`] + 1 (0: empty slot).
+    pub key: CounterKey,
+    /// Cumulative totals of `key` on this CPU.
+    pub value: Counter,
+}
+const _: () = assert!(core::mem::size_of::<CacheSlot>() == 32);
+
+impl CacheSlot {
+    /// The cached key, if the slot holds one.
+    pub const fn cached_key(&self) -> Option<CounterKey> {
+        if self.key.kind == 0 {
+            None
+        } else {
+            Some(CounterKey {
+                tgid: self.key.tgid,
+                kind: self.key.kind - 1,
+                device: self.key.device,
+            })
+        }
+    }
+}
+
+/// Number of [`EventKind`]s (slots per CPU in [`maps::CACHE`]).
+pub const KIND_COUNT: u32 = EventKind::ALL.len() as u32;
 
 /// Index into [`maps::STATS`].
 #[repr(u32)]
@@ -148,6 +191,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HistKey {}
+    // SAFETY: as above (two 16-byte `repr(C)` structs, no padding).
+    unsafe impl aya::Pod for super::CacheSlot {}
 }
 
 #[cfg(test)]

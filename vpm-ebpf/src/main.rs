@@ -10,7 +10,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use vpm_common::{
-    Counter, CounterKey, EventKind, HistKey, KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES,
+    CacheSlot, Counter, CounterKey, EventKind, KIND_COUNT, HistKey, KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES,
     MAX_EXIT_START_ENTRIES, MAX_HIST_ENTRIES, MMIO_PAGE_MASK, STAT_COUNT, Stat,
     exit::{self, Entry, ExitStarts},
 };
@@ -26,6 +26,9 @@ use vpm_common::{
 #[map(name = "VPM_COUNTERS")]
 static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(MAX_COUNTER_ENTRIES, 0);
+
+#[map(name = "VPM_CACHE")]
+static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
 
 #[map(name = "VPM_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -86,38 +89,67 @@ fn bump_stat(stat: Stat) -> u64 {
 }
 
 /// Adds one event of `kind` on `device`, moving `bytes`, to the current process.
+///
+/// The hot path is one per-CPU array access: the slot of `kind` on this CPU
+/// already holds this key (see [`CacheSlot`] for the protocol with the agent).
 #[inline(always)]
 fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes: u64) {
+    let tgid = current_tgid();
+    let Some(slot) = CACHE.get_ptr_mut(kind as u32) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run;
+    // tracing programs run with migration disabled and one program handles one
+    // kind, so nothing else writes this slot meanwhile.
+    let slot = unsafe { &mut *slot };
+    let tag = kind as u32 + 1;
+    if slot.key.kind == tag && slot.key.tgid == tgid && slot.key.device == device {
+        slot.value.count += 1;
+        slot.value.bytes += bytes;
+        return;
+    }
+    // Miss: write the old key's totals back, if the agent has not removed it.
+    if let Some(old) = slot.cached_key() {
+        let _ = COUNTERS.insert(&old, &slot.value, BPF_EXIST.into());
+    }
     let key = CounterKey {
-        tgid: current_tgid(),
+        tgid,
         kind: kind as u32,
         device,
     };
+    let Some(base) = load_or_create(&key) else {
+        slot.key.kind = 0;
+        let full = bump_stat(Stat::CounterMapFull);
+        // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
+        if full & (full.wrapping_sub(1)) == 0 {
+            warn!(ctx, "VPM_COUNTERS is full: {} events dropped on this CPU", full);
+        }
+        return;
+    };
+    slot.key = CounterKey { kind: tag, ..key };
+    slot.value = Counter {
+        count: base.count + 1,
+        bytes: base.bytes + bytes,
+    };
+}
+
+/// This CPU's totals of `key` in `VPM_COUNTERS`, creating the entry (zero) if
+/// it is new. `None` if the map is full.
+#[inline(always)]
+fn load_or_create(key: &CounterKey) -> Option<Counter> {
     for _ in 0..2 {
-        if let Some(value) = COUNTERS.get_ptr_mut(&key) {
-            // SAFETY: the pointer is this CPU's value slot in a per-CPU map, valid
-            // for the program's run; migration is disabled, so no other writer.
-            unsafe {
-                (*value).count += 1;
-                (*value).bytes += bytes;
-            }
-            return;
+        if let Some(value) = COUNTERS.get_ptr(key) {
+            // SAFETY: this CPU's value of a per-CPU map entry, valid for the run.
+            return Some(unsafe { *value });
         }
-        match COUNTERS.insert(&key, &Counter { count: 1, bytes }, BPF_NOEXIST.into()) {
-            Ok(()) => return,
-            // Another CPU inserted the key first; look it up again.
+        match COUNTERS.insert(key, &Counter::default(), BPF_NOEXIST.into()) {
+            Ok(()) => return Some(Counter::default()),
+            // Another CPU created it first; read it again.
             Err(e) if e == -EEXIST => continue,
-            Err(_) => break,
+            Err(_) => return None,
         }
     }
-    let full = bump_stat(Stat::CounterMapFull);
-    // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
-    if full & (full.wrapping_sub(1)) == 0 {
-        warn!(
-            ctx,
-            "VPM_COUNTERS is full: {} events dropped on this CPU", full
-        );
-    }
+    None
 }
 
 // kvm_pio(int rw, unsigned int port, unsigned int size, unsigned int count, const void *data)

@@ -17,7 +17,7 @@ use aya::{
     maps::{MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
-use vpm_common::{Counter, CounterKey, HistKey, STAT_COUNT, Stat, maps};
+use vpm_common::{CacheSlot, Counter, CounterKey, HistKey, KIND_COUNT, STAT_COUNT, Stat, maps};
 
 pub use preflight::{BtfSource, DEFAULT_BTF, DEFAULT_TRACEFS};
 pub use snapshot::{DeviceDelta, ProcessDelta, Snapshot, diff};
@@ -263,6 +263,8 @@ impl Telemetry {
             logger.flush();
         }
         let mut snap = Snapshot::default();
+        // The cache slots first, then the hash: see `CacheSlot`.
+        let slots = self.cache_slots()?;
         let counters = self.counters_map()?;
         for item in counters.iter() {
             let (key, values) = item.map_err(|source| TelemetryError::Map {
@@ -270,11 +272,9 @@ impl Telemetry {
                 op: "iterate",
                 source,
             })?;
-            let sum = values.iter().fold(Counter::default(), |acc, v| Counter {
-                count: acc.count + v.count,
-                bytes: acc.bytes + v.bytes,
-            });
-            snap.counters.insert(key, sum);
+            let kind_slots = slots.get(key.kind as usize).map_or(&[][..], Vec::as_slice);
+            snap.counters
+                .insert(key, snapshot::merge_cpus(&key, &values, kind_slots));
         }
         let hist = self.hist_map()?;
         for item in hist.iter() {
@@ -358,6 +358,32 @@ impl Telemetry {
             out[stat as usize] = values.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Every CPU's cache slot, per kind: `slots[kind][cpu]`.
+    fn cache_slots(&self) -> Result<Vec<Vec<CacheSlot>>, TelemetryError> {
+        let map = self
+            .ebpf
+            .map(maps::CACHE)
+            .ok_or(TelemetryError::MapMissing(maps::CACHE))?;
+        let array =
+            PerCpuArray::<_, CacheSlot>::try_from(map).map_err(|source| TelemetryError::Map {
+                map: maps::CACHE,
+                op: "open",
+                source,
+            })?;
+        (0..KIND_COUNT)
+            .map(|kind| {
+                array
+                    .get(&kind, 0)
+                    .map(|values| values.iter().copied().collect())
+                    .map_err(|source| TelemetryError::Map {
+                        map: maps::CACHE,
+                        op: "read",
+                        source,
+                    })
+            })
+            .collect()
     }
 
     fn counters_map(

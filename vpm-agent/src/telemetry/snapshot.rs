@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use vpm_common::{Counter, CounterKey, EventKind, HistKey, exit::HIST_BUCKETS};
+use vpm_common::{CacheSlot, Counter, CounterKey, EventKind, HistKey, exit::HIST_BUCKETS};
 
 /// Summed contents of the counter and histogram maps at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,6 +49,26 @@ impl ProcessDelta {
                 bytes: acc.bytes + d.delta.bytes,
             })
     }
+}
+
+/// This key's total over CPUs: per CPU, the hash's value, or the CPU's cache
+/// slot when it holds the same key (it is then at least the hash's value).
+///
+/// `slots[cpu]` is that CPU's slot for `key`'s kind, read *before* the hash
+/// (see [`CacheSlot`] for why that order keeps totals monotonic).
+pub fn merge_cpus(key: &CounterKey, hash_per_cpu: &[Counter], slots: &[CacheSlot]) -> Counter {
+    let mut total = Counter::default();
+    for (cpu, from_hash) in hash_per_cpu.iter().enumerate() {
+        let v = match slots.get(cpu) {
+            Some(slot) if slot.cached_key().as_ref() == Some(key) && slot.value.count >= from_hash.count => {
+                slot.value
+            }
+            _ => *from_hash,
+        };
+        total.count += v.count;
+        total.bytes += v.bytes;
+    }
+    total
 }
 
 fn sub(cur: u64, prev: u64) -> u64 {
@@ -209,6 +229,35 @@ mod tests {
         assert_eq!(d[&5].exit_hist[10], 5);
         assert_eq!(d[&5].exit_hist[12], 2);
         assert_eq!(d[&5].exit_hist.iter().sum::<u64>(), 7);
+    }
+
+    fn slot(key: CounterKey, count: u64) -> CacheSlot {
+        CacheSlot {
+            key: CounterKey { kind: key.kind + 1, ..key },
+            value: Counter { count, bytes: count * 2 },
+        }
+    }
+
+    #[test]
+    fn cached_slots_override_their_cpu_only() {
+        let k = key(7, EventKind::Pio, 0x3f8);
+        let other = key(8, EventKind::Pio, 0x3f8);
+        let hash = [Counter { count: 10, bytes: 20 }, Counter { count: 5, bytes: 10 }];
+        // CPU 0 caches this key with more events; CPU 1 caches another process.
+        let slots = [slot(k, 25), slot(other, 1000)];
+        assert_eq!(merge_cpus(&k, &hash, &slots), Counter { count: 30, bytes: 60 });
+        // No slots at all: the hash alone.
+        assert_eq!(merge_cpus(&k, &hash, &[]), Counter { count: 15, bytes: 30 });
+        // An empty slot (kind 0) never matches.
+        assert_eq!(merge_cpus(&k, &hash, &[CacheSlot::default(), CacheSlot::default()]).count, 15);
+    }
+
+    #[test]
+    fn a_slot_behind_the_hash_is_ignored() {
+        // A stale slot (written back, then the key was counted elsewhere) never lowers a total.
+        let k = key(7, EventKind::Mmio, 0x1000);
+        let hash = [Counter { count: 50, bytes: 50 }];
+        assert_eq!(merge_cpus(&k, &hash, &[slot(k, 40)]).count, 50);
     }
 
     #[test]
