@@ -763,20 +763,23 @@ fn render(
         md,
         "Per event, vpm runs one BPF program through the tracepoint's BPF hook \
          (tp_btf here, no field-copy helpers): one `bpf_get_current_pid_tgid` helper call, \
-         one per-CPU hash lookup of a 16-byte (tgid, kind, device) key (hash + bucket \
-         walk) and two adds; nothing leaves the kernel per event. The program-time line \
-         above shows the program body is most of the per-event cost, and that `kvm_pio` \
-         (the first event after the exit) costs more than `kvm_userspace_exit` running the \
-         same code: consistent with cold caches after the nested world switch, so fewer \
-         memory touches per event matter more than fewer instructions. What remains to \
-         cut:\n\n\
+         one per-CPU array access to this CPU's cache slot for the event kind, a \
+         compare of the cached (tgid, device) and two adds; only when the key changes \
+         does it write the slot back to the per-CPU hash and load the new key (a \
+         busy vCPU hits the same key again and again). Nothing leaves the kernel per \
+         event. Before that cache the program body cost 170 ns per `kvm_pio` event \
+         (one hash lookup per event); with it, the figure above. `kvm_pio` (the first \
+         event after the exit) still costs more than `kvm_userspace_exit` running the \
+         same code: consistent with cold caches after the nested world switch, so \
+         fewer memory touches per event matter more than fewer instructions. What \
+         remains to cut:\n\n\
          - **Fewer events per exit**: a port exit to userspace fires two events; \
          `kvm_userspace_exit` could be left unattached when per-device counts suffice \
          (the exit count per device is already in `kvm_pio`/`kvm_mmio`), halving the \
          cost per exit.\n\
-         - **No hash lookup**: a per-CPU *array* indexed by a small VM slot × device slot, \
-         assigned by the agent when it discovers a VM (the tgid→slot step then needs \
-         task-local storage or a one-entry cache instead of a hash of the full key).\n\
+         - **No pid lookup**: the `bpf_get_current_pid_tgid` call and the tgid compare \
+         could go if the slot were per vCPU thread (task-local storage), at the price \
+         of a storage lookup per event.\n\
          - **The floor** is the BPF hook itself (enabling the tracepoint, the \
          program-run bookkeeping around each call), paid even by an empty program. \
          Below that only not tracing per event helps: KVM's own per-vCPU statistics \
