@@ -253,12 +253,18 @@ fn hostile_vm_names_never_corrupt_csv_or_the_terminal() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("timestamp,vm,pid,resource,value"));
     let mut names = Vec::new();
+    let mut resources = std::collections::BTreeSet::new();
     for line in lines {
         let f = csv_fields(line);
         assert_eq!(f.len(), 5, "row {line:?}");
         if f[2] == pid.to_string() {
             names.push(f[1].clone());
+            resources.insert(f[3].clone());
         }
+    }
+    // Host metrics are rows too (each tick diffs against the previous one).
+    for r in ["cpu", "mem_bytes", "pio_per_s", "userspace_exit_per_s"] {
+        assert!(resources.contains(r), "no {r} rows: {resources:?}");
     }
     assert!(!names.is_empty(), "the VM is not in the recording:\n{text}");
     assert_eq!(names[0], "evil\\x1b[2J,\"q\"\\x0ax\\x09y");

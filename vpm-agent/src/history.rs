@@ -75,6 +75,24 @@ impl History {
         self.ticks.is_empty()
     }
 
+    /// The window of the newest tick alone, with the tick before it (if any) as
+    /// the baseline of the host counters: what one row of `vpm record` shows.
+    pub fn last_tick(&self) -> Window {
+        let n = self.ticks.len();
+        match (
+            n.checked_sub(2).and_then(|i| self.ticks.get(i)),
+            self.ticks.back(),
+        ) {
+            (Some(base), Some(newest)) => self.window(newest.at - base.at),
+            (None, Some(newest)) => {
+                let mut w = Window::default();
+                newest.add_to(&mut w);
+                w
+            }
+            _ => Window::default(),
+        }
+    }
+
     /// The window over the last `seconds` before the newest tick. The tick just
     /// before the window supplies the host counters' baseline.
     pub fn window(&self, seconds: f64) -> Window {
@@ -143,6 +161,23 @@ mod tests {
             h.push(tick(f64::from(i), 1));
         }
         assert_eq!(h.len(), 11);
+    }
+
+    #[test]
+    fn last_tick_uses_the_previous_tick_as_host_baseline() {
+        let mut h = History::new(100.0);
+        for (at, cpu_s) in [(1.0, 10u64), (2.0, 11), (3.0, 13)] {
+            let mut t = tick(at, 5);
+            t.vms[0].host = Some(HostSample {
+                cpu_ns: Some(cpu_s * 1_000_000_000),
+                ..Default::default()
+            });
+            h.push(t);
+        }
+        let r = h.last_tick().report();
+        assert_eq!(r.window_s, 1.0);
+        assert_eq!(r.vms[0].events["pio"], 5);
+        assert_eq!(r.vms[0].host.cpu, Some(2.0));
     }
 
     #[test]

@@ -18,8 +18,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use vpm_common::{
-    CacheSlot, Counter, CounterKey, EventKind, KIND_COUNT, HistKey, KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES,
-    MAX_EXIT_START_ENTRIES, MAX_HIST_ENTRIES, MMIO_PAGE_MASK, STAT_COUNT, Stat,
+    CacheSlot, Counter, CounterKey, EventKind, HistKey, KIND_COUNT,
+    KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES, MAX_EXIT_START_ENTRIES, MAX_HIST_ENTRIES,
+    MMIO_PAGE_MASK, STAT_COUNT, Stat,
     exit::{self, Entry, ExitStarts},
 };
 
@@ -122,7 +123,10 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
         let full = bump_stat(Stat::CounterMapFull);
         // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
         if full & (full.wrapping_sub(1)) == 0 {
-            warn!(ctx, "VPM_COUNTERS is full: {} events dropped on this CPU", full);
+            warn!(
+                ctx,
+                "VPM_COUNTERS is full: {} events dropped on this CPU", full
+            );
         }
         return;
     };

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use vpm::history::History;
 use vpm::monitor::Monitor;
-use vpm::report::Window;
 use vpm::store::long;
 
 use super::{CollectArgs, duration, sleep_until, stop_flag, unix_now};
@@ -41,16 +41,17 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let interval = args.collect.interval;
     let start = Instant::now();
     let deadline = start + args.duration;
-    let mut prev_at = unix_now();
+    // Two ticks: the newest, and the one before as the host counters' baseline.
+    let mut history = History::new(interval.as_secs_f64() * 10.0);
+    history.push(monitor.tick(unix_now())?);
     let mut rows = 0usize;
     for n in 1u32.. {
         let next = (start + interval * n).min(deadline);
         sleep_until(next, stop);
         let tick = monitor.tick(unix_now())?;
-        let mut window = Window::starting_at(prev_at);
-        tick.add_to(&mut window);
-        prev_at = tick.at;
-        for row in window.report().long_rows(tick.at) {
+        let at = tick.at;
+        history.push(tick);
+        for row in history.last_tick().report().long_rows(at) {
             writer.write(&row).context("writing a CSV row")?;
             rows += 1;
         }

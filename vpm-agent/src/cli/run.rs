@@ -9,7 +9,6 @@ use clap::Args;
 use vpm::api::{self, server};
 use vpm::history::{History, Tick};
 use vpm::monitor::Monitor;
-use vpm::report::Window;
 use vpm::store::long;
 
 use super::{CollectArgs, duration, unix_now};
@@ -72,7 +71,11 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(args.collect.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut exporter = Exporter::new(&args.export_dir, args.keep, unix_now());
+    let mut exporter = Exporter::new(
+        &args.export_dir,
+        args.keep,
+        args.collect.interval.as_secs_f64(),
+    );
     let mut next_export = tokio::time::Instant::now() + args.export_interval;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -118,24 +121,25 @@ struct Exporter {
     dir: PathBuf,
     keep: usize,
     rows: Vec<long::Row>,
-    prev_at: f64,
+    /// The previous tick and the newest (host counters' baseline).
+    recent: History,
 }
 
 impl Exporter {
-    fn new(dir: &Path, keep: usize, now: f64) -> Self {
+    fn new(dir: &Path, keep: usize, tick_s: f64) -> Self {
         Self {
             dir: dir.to_path_buf(),
             keep,
             rows: Vec::new(),
-            prev_at: now,
+            recent: History::new(tick_s * 10.0),
         }
     }
 
     fn add(&mut self, tick: &Tick) {
-        let mut window = Window::starting_at(self.prev_at);
-        tick.add_to(&mut window);
-        self.prev_at = tick.at;
-        self.rows.extend(window.report().long_rows(tick.at));
+        let at = tick.at;
+        self.recent.push(tick.clone());
+        self.rows
+            .extend(self.recent.last_tick().report().long_rows(at));
     }
 
     /// Writes the rows gathered since the last flush to a new file, atomically,

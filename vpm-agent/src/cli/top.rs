@@ -72,16 +72,22 @@ fn collect_window(
     args: &TopArgs,
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<WindowReport> {
-    let deadline = Instant::now() + args.duration;
-    log::info!("collecting for {:?}", args.duration);
     match source {
         Source::Agent(stream) => {
-            sleep_until(deadline, stop);
+            log::info!("collecting for {:?}", args.duration);
+            sleep_until(Instant::now() + args.duration, stop);
             Ok(api::report(stream, args.duration.as_secs_f64())?)
         }
         Source::Own(monitor) => {
-            let mut window = Window::starting_at(unix_now());
+            // A baseline tick first, so host counters have a start value.
+            let base = monitor.tick(unix_now())?;
+            let mut window = Window::starting_at(base.at);
+            for vm in &base.vms {
+                window.observe(base.at, &vm.info, None, vm.host.as_ref());
+            }
+            log::info!("collecting for {:?}", args.duration);
             let start = Instant::now();
+            let deadline = start + args.duration;
             let mut n = 1u32;
             loop {
                 let next = (start + args.collect.interval * n).min(deadline);
@@ -106,16 +112,15 @@ fn live(
     let start = Instant::now();
     let mut n = 1u32;
     let mut stdout = std::io::stdout();
+    let mut history = vpm::history::History::new(interval.as_secs_f64() * 10.0);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         sleep_until(start + interval * n, stop);
         n += 1;
         let report = match source {
             Source::Agent(stream) => api::report(stream, interval.as_secs_f64())?,
             Source::Own(monitor) => {
-                let tick = monitor.tick(unix_now())?;
-                let mut w = Window::starting_at(tick.at - interval.as_secs_f64());
-                tick.add_to(&mut w);
-                w.report()
+                history.push(monitor.tick(unix_now())?);
+                history.last_tick().report()
             }
         };
         // Clear and redraw, like top(1).

@@ -60,7 +60,10 @@ pub fn merge_cpus(key: &CounterKey, hash_per_cpu: &[Counter], slots: &[CacheSlot
     let mut total = Counter::default();
     for (cpu, from_hash) in hash_per_cpu.iter().enumerate() {
         let v = match slots.get(cpu) {
-            Some(slot) if slot.cached_key().as_ref() == Some(key) && slot.value.count >= from_hash.count => {
+            Some(slot)
+                if slot.cached_key().as_ref() == Some(key)
+                    && slot.value.count >= from_hash.count =>
+            {
                 slot.value
             }
             _ => *from_hash,
@@ -233,8 +236,14 @@ mod tests {
 
     fn slot(key: CounterKey, count: u64) -> CacheSlot {
         CacheSlot {
-            key: CounterKey { kind: key.kind + 1, ..key },
-            value: Counter { count, bytes: count * 2 },
+            key: CounterKey {
+                kind: key.kind + 1,
+                ..key
+            },
+            value: Counter {
+                count,
+                bytes: count * 2,
+            },
         }
     }
 
@@ -242,21 +251,48 @@ mod tests {
     fn cached_slots_override_their_cpu_only() {
         let k = key(7, EventKind::Pio, 0x3f8);
         let other = key(8, EventKind::Pio, 0x3f8);
-        let hash = [Counter { count: 10, bytes: 20 }, Counter { count: 5, bytes: 10 }];
+        let hash = [
+            Counter {
+                count: 10,
+                bytes: 20,
+            },
+            Counter {
+                count: 5,
+                bytes: 10,
+            },
+        ];
         // CPU 0 caches this key with more events; CPU 1 caches another process.
         let slots = [slot(k, 25), slot(other, 1000)];
-        assert_eq!(merge_cpus(&k, &hash, &slots), Counter { count: 30, bytes: 60 });
+        assert_eq!(
+            merge_cpus(&k, &hash, &slots),
+            Counter {
+                count: 30,
+                bytes: 60
+            }
+        );
         // No slots at all: the hash alone.
-        assert_eq!(merge_cpus(&k, &hash, &[]), Counter { count: 15, bytes: 30 });
+        assert_eq!(
+            merge_cpus(&k, &hash, &[]),
+            Counter {
+                count: 15,
+                bytes: 30
+            }
+        );
         // An empty slot (kind 0) never matches.
-        assert_eq!(merge_cpus(&k, &hash, &[CacheSlot::default(), CacheSlot::default()]).count, 15);
+        assert_eq!(
+            merge_cpus(&k, &hash, &[CacheSlot::default(), CacheSlot::default()]).count,
+            15
+        );
     }
 
     #[test]
     fn a_slot_behind_the_hash_is_ignored() {
         // A stale slot (written back, then the key was counted elsewhere) never lowers a total.
         let k = key(7, EventKind::Mmio, 0x1000);
-        let hash = [Counter { count: 50, bytes: 50 }];
+        let hash = [Counter {
+            count: 50,
+            bytes: 50,
+        }];
         assert_eq!(merge_cpus(&k, &hash, &[slot(k, 40)]).count, 50);
     }
 
