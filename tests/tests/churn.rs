@@ -2,6 +2,12 @@
 //! entries of exited guests (they are pruned every tick), and the agent's
 //! memory did not grow by more than 5 MiB.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests fail loudly"
+)]
+
 use std::process::{Command, Stdio};
 
 use vpm::monitor::{Monitor, MonitorOptions};

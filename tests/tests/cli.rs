@@ -2,6 +2,12 @@
 //! names, the agent with its socket and exports, and the errors an operator
 //! meets (not root, tracefs missing, no BTF, bad arguments).
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests fail loudly"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,7 +21,7 @@ fn vpm() -> Command {
     c
 }
 
-fn vm_by_pid<'a>(report: &'a serde_json::Value, pid: u32) -> &'a serde_json::Value {
+fn vm_by_pid(report: &serde_json::Value, pid: u32) -> &serde_json::Value {
     report["vms"]
         .as_array()
         .and_then(|vms| vms.iter().find(|v| v["pid"] == pid))

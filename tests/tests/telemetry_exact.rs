@@ -2,6 +2,12 @@
 //! from vpm's own BPF maps, must equal them exactly, and must equal what
 //! `perf stat` counts on the same tracepoints for the same processes.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "integration tests fail loudly"
+)]
+
 use std::collections::BTreeMap;
 
 use vpm::lab::vmm::DONE_PORT;

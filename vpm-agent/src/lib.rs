@@ -6,6 +6,8 @@
 //! [`history`] turn ticks into windows; [`store`] writes vpm's CSV format;
 //! [`api`] serves live inspection; [`lab`] holds the test VMM.
 pub mod api;
+pub mod export;
+pub mod forecast;
 pub mod history;
 pub mod host;
 pub mod identity;

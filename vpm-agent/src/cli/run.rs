@@ -157,25 +157,7 @@ impl Exporter {
             .with_context(|| format!("exporting telemetry to {}", path.display()))?;
         log::debug!("exported {} rows to {}", self.rows.len(), path.display());
         self.rows.clear();
-        rotate(&self.dir, self.keep)
+        vpm::export::rotate(&self.dir, "telemetry-", self.keep)?;
+        Ok(())
     }
-}
-
-fn rotate(dir: &Path, keep: usize) -> anyhow::Result<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("telemetry-") && n.ends_with(".csv"))
-        })
-        .collect();
-    files.sort();
-    let excess = files.len().saturating_sub(keep);
-    for old in files.into_iter().take(excess) {
-        std::fs::remove_file(&old).with_context(|| format!("cannot remove {}", old.display()))?;
-    }
-    Ok(())
 }

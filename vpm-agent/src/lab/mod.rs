@@ -6,4 +6,5 @@
 //! `KVM_IRQ_LINE` ioctls. vpm's tests and benchmarks compare what the eBPF
 //! counters saw with its [`vmm::Report`]; the `vpm-testvm` binary wraps it
 //! with a QEMU-like command line so VM identity code treats it as a VM.
+pub mod tracegen;
 pub mod vmm;

@@ -1,0 +1,261 @@
+//! Per-series, per-horizon model selection by rolling-origin backtest.
+//!
+//! Every candidate is backtested on the *same* recent origins
+//! ([`BacktestConfig`]: every point of the newest 288, or of the newest half
+//! of a shorter history; 12 fits of ridge and SES, 3 of the forest); the one
+//! with the lowest MAE wins (equivalently the
+//! lowest WAPE, since the origins are shared), ties to the simpler model
+//! (earlier in [`SelectConfig::candidates`]). The incumbent keeps its place
+//! unless the winner beats it by more than [`SelectConfig::hysteresis`], so
+//! the choice does not flap between near-equal models.
+//!
+//! A candidate takes part only if it can forecast at the *first* backtest
+//! origin (the backtest spans the newest half of the history, at most
+//! [`BacktestConfig::window`] points): seasonal naive needs a day (weekly:
+//! two weeks) before it; SES needs `h + 24` points; the feature models (ridge,
+//! forest) need [`SelectConfig::learned_min_points`] points in the series and
+//! their feature warm-up plus [`ModelConfig::min_train_rows`] training rows
+//! before the first origin. With the defaults (windows up to 48 steps, 48
+//! rows) SES joins from about `2·(h + 24)` points and ridge and forest from
+//! about `2·(96 + h)`; below that the choice is among the baselines.
+
+use serde::{Deserialize, Serialize};
+
+use super::backtest::{self, BacktestConfig, ErrorStats, Outcome};
+use super::models::{ModelConfig, ModelKind};
+use super::{Result, Series};
+
+/// How selection runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelectConfig {
+    /// Models that compete. Default [`ModelKind::CANDIDATES`].
+    pub candidates: Vec<ModelKind>,
+    /// Backtest origins and refits.
+    pub backtest: BacktestConfig,
+    /// Learned models compete only from this many points. Default 144.
+    pub learned_min_points: usize,
+    /// Relative MAE margin a challenger needs to replace the incumbent.
+    /// Default 0.02.
+    pub hysteresis: f64,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        Self {
+            candidates: ModelKind::CANDIDATES.to_vec(),
+            backtest: BacktestConfig::default(),
+            learned_min_points: 144,
+            hysteresis: 0.02,
+        }
+    }
+}
+
+/// One candidate's backtest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    /// The model.
+    pub kind: ModelKind,
+    /// Its errors on the shared origins.
+    pub stats: ErrorStats,
+}
+
+/// The outcome of a selection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// The chosen model.
+    pub chosen: ModelKind,
+    /// Every candidate that took part, in candidate order.
+    pub scores: Vec<Scored>,
+    /// The chosen model's backtest outcomes (out-of-sample).
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Selection {
+    /// The chosen model's backtest errors.
+    pub fn chosen_stats(&self) -> ErrorStats {
+        self.scores
+            .iter()
+            .find(|s| s.kind == self.chosen)
+            .map(|s| s.stats)
+            .unwrap_or_default()
+    }
+}
+
+/// Backtests the candidates on `s` at horizon `h` and picks one; `None` when
+/// the series is too short for any backtest origin (at most `h` points) or
+/// no candidate could run.
+pub fn select(
+    s: &Series<'_>,
+    h: usize,
+    cfg: &SelectConfig,
+    models: &ModelConfig,
+    incumbent: Option<ModelKind>,
+) -> Result<Option<Selection>> {
+    let origins = backtest::plan_origins(s.len(), h, 0, &cfg.backtest);
+    let Some(&first) = origins.first() else {
+        return Ok(None);
+    };
+    let mut scores = Vec::new();
+    let mut all_outcomes = Vec::new();
+    for &kind in &cfg.candidates {
+        if kind.is_learned() && s.len() < cfg.learned_min_points {
+            continue;
+        }
+        let mut model = kind.build(models);
+        if model.min_history(h, s.step_s) > first + 1 {
+            continue;
+        }
+        // A candidate that fails (e.g. a degenerate fit) just does not compete.
+        let refits = if kind == ModelKind::Forest {
+            cfg.backtest.refits
+        } else {
+            cfg.backtest.cheap_refits
+        };
+        let Ok(outcomes) = backtest::run(model.as_mut(), s, h, &origins, refits) else {
+            continue;
+        };
+        if outcomes.len() != origins.len() {
+            continue;
+        }
+        scores.push(Scored {
+            kind,
+            stats: ErrorStats::of(&outcomes),
+        });
+        all_outcomes.push(outcomes);
+    }
+    let mut best: Option<usize> = None;
+    for (i, sc) in scores.iter().enumerate() {
+        if best.is_none_or(|b| sc.stats.mae() < scores[b].stats.mae()) {
+            best = Some(i);
+        }
+    }
+    let Some(mut best) = best else {
+        return Ok(None);
+    };
+    if let Some(inc) = incumbent.and_then(|k| scores.iter().position(|s| s.kind == k)) {
+        let margin = 1.0 + cfg.hysteresis.max(0.0);
+        if scores[inc].stats.mae() <= scores[best].stats.mae() * margin {
+            best = inc;
+        }
+    }
+    Ok(Some(Selection {
+        chosen: scores[best].kind,
+        outcomes: all_outcomes.swap_remove(best),
+        scores,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::synth::Rng;
+    use proptest::prelude::*;
+
+    fn run_select(v: &[f64], step: f64, h: usize, inc: Option<ModelKind>) -> Selection {
+        let s = Series {
+            values: v,
+            step_s: step,
+            t0: 1.7e9,
+        };
+        select(
+            &s,
+            h,
+            &SelectConfig::default(),
+            &ModelConfig::default(),
+            inc,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn too_short_is_none_and_tiny_is_a_baseline() {
+        let s = Series {
+            values: &[1.0, 2.0],
+            step_s: 10.0,
+            t0: 0.0,
+        };
+        let r = select(
+            &s,
+            2,
+            &SelectConfig::default(),
+            &ModelConfig::default(),
+            None,
+        );
+        assert!(r.unwrap().is_none());
+        let sel = run_select(&[1.0, 2.0, 3.0, 4.0, 5.0], 10.0, 1, None);
+        assert!(!sel.chosen.is_learned());
+        assert!(sel.scores.iter().all(|s| !s.kind.is_learned()));
+    }
+
+    #[test]
+    fn random_walk_picks_last_value() {
+        let mut rng = Rng::new(3);
+        let mut x = 100.0;
+        let v: Vec<f64> = (0..2000)
+            .map(|_| {
+                x = (x + rng.normal() * 5.0).max(0.0);
+                x
+            })
+            .collect();
+        let sel = run_select(&v, 10.0, 1, None);
+        // On a random walk nothing beats the last value by much; whatever
+        // wins must be within a few percent of it.
+        let lv = sel
+            .scores
+            .iter()
+            .find(|s| s.kind == ModelKind::LastValue)
+            .unwrap();
+        assert!(sel.chosen_stats().mae() <= lv.stats.mae() * 1.0001);
+        assert!(sel.chosen_stats().mae() >= lv.stats.mae() * 0.9);
+    }
+
+    #[test]
+    fn hysteresis_keeps_a_close_incumbent() {
+        let mut rng = Rng::new(5);
+        let v: Vec<f64> = (0..600).map(|_| 50.0 + rng.normal()).collect();
+        let free = run_select(&v, 10.0, 1, None);
+        let inc = free
+            .scores
+            .iter()
+            .filter(|s| s.kind != free.chosen)
+            .find(|s| s.stats.mae() <= free.chosen_stats().mae() * 1.02);
+        if let Some(inc) = inc {
+            let kept = run_select(&v, 10.0, 1, Some(inc.kind));
+            assert_eq!(kept.chosen, inc.kind);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// On a purely daily-periodic series (hourly steps, a few days), a
+        /// seasonal model (seasonal naive or a learned model with the daily
+        /// lag) beats the last value and is chosen.
+        #[test]
+        fn seasonal_series_picks_a_seasonal_model(
+            amp in 5.0f64..100.0,
+            level in 0.0f64..100.0,
+            phase in 0.0f64..std::f64::consts::TAU,
+            h in 1usize..6,
+            noise in 0.0f64..0.5,
+            seed in 0u64..1000,
+        ) {
+            let mut rng = Rng::new(seed);
+            let v: Vec<f64> = (0..24 * 12)
+                .map(|i| {
+                    let x = std::f64::consts::TAU * (i % 24) as f64 / 24.0 + phase;
+                    (level + amp * (1.0 + x.sin()) + noise * rng.normal()).max(0.0)
+                })
+                .collect();
+            let sel = run_select(&v, 3600.0, h, None);
+            let lv = sel.scores.iter().find(|s| s.kind == ModelKind::LastValue).unwrap();
+            prop_assert!(sel.chosen != ModelKind::LastValue);
+            prop_assert!(sel.chosen_stats().mae() < lv.stats.mae());
+            prop_assert!(matches!(
+                sel.chosen,
+                ModelKind::SeasonalDaily | ModelKind::Ridge | ModelKind::Forest
+            ), "chosen {}", sel.chosen);
+        }
+    }
+}
