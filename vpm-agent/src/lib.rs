@@ -13,6 +13,7 @@ pub mod host;
 pub mod identity;
 pub mod lab;
 pub mod monitor;
+pub mod offline;
 pub mod report;
 pub mod store;
 pub mod telemetry;

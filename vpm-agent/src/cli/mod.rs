@@ -1,5 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
+mod eval;
+mod forecast;
 mod output;
 mod record;
 mod run;
@@ -29,6 +31,8 @@ use vpm::telemetry::LoadOptions;
   vpm top --once --duration 10s --output json    one report over 10 s
   vpm record --duration 60s -o samples.csv       per-tick samples, long CSV
   vpm run                                        the agent (socket + periodic CSV exports)
+  vpm forecast -i samples.csv --horizon 60s -o forecast.csv
+  vpm eval -i samples.csv --horizons 10s,60s --output json
 
 The CSV and JSON formats are documented in the README."
 )]
@@ -47,8 +51,68 @@ enum Command {
     /// Record per-VM samples in vpm's long CSV format (`timestamp,vm,pid,resource,value`).
     Record(record::RecordArgs),
     /// The agent: collect every tick, serve live inspection on a Unix socket, and
-    /// export telemetry CSV files periodically.
+    /// export telemetry and forecast CSV files periodically.
     Run(run::RunArgs),
+    /// Forecast every series of a telemetry CSV file (forecast CSV out).
+    Forecast(forecast::ForecastArgs),
+    /// Rolling-origin evaluation of every model and baseline on a telemetry CSV file.
+    ///
+    /// Scores the last quarter of each series: WAPE, MAE, pinball loss of the
+    /// upper bound, under-provision rate and slack, and which model vpm's own
+    /// selection picked (judged out of sample, not the best in hindsight).
+    Eval(eval::EvalArgs),
+}
+
+/// A telemetry file to read.
+#[derive(Args, Clone)]
+pub struct InputArgs {
+    /// Telemetry CSV in vpm's long format (`timestamp,vm,pid,resource,value`;
+    /// timestamps in unix seconds or RFC 3339).
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: PathBuf,
+    /// Model step; default: the median interval between a series' samples.
+    #[arg(long, value_parser = duration)]
+    pub step: Option<Duration>,
+    /// Read negative values as 0 instead of refusing the file.
+    #[arg(long)]
+    pub clamp_negative: bool,
+}
+
+impl InputArgs {
+    fn load(&self) -> anyhow::Result<vpm::offline::Loaded> {
+        use vpm::store::input::{NegativeValues, ReadOptions};
+        let read = ReadOptions {
+            negative: if self.clamp_negative {
+                NegativeValues::ClampToZero
+            } else {
+                NegativeValues::Reject
+            },
+            ..ReadOptions::default()
+        };
+        Ok(vpm::offline::load(
+            &self.input,
+            self.step.map(|d| d.as_secs_f64()),
+            &read,
+        )?)
+    }
+}
+
+/// A comma-separated list of durations (`10s,60s`).
+#[derive(Clone, Debug)]
+pub struct Durations(pub Vec<Duration>);
+
+impl Durations {
+    /// In seconds.
+    pub fn seconds(&self) -> Vec<f64> {
+        self.0.iter().map(Duration::as_secs_f64).collect()
+    }
+}
+
+fn durations(s: &str) -> Result<Durations, String> {
+    s.split(',')
+        .map(|p| duration(p.trim()))
+        .collect::<Result<_, _>>()
+        .map(Durations)
 }
 
 /// Where the kernel interfaces are and how often to read them.
@@ -100,6 +164,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => top::run(&args),
         Command::Record(args) => record::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Forecast(args) => forecast::run(&args),
+        Command::Eval(args) => eval::run(&args),
     }
 }
 

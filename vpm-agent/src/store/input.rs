@@ -160,7 +160,7 @@ pub enum InputErrorKind {
     },
     /// Below zero.
     #[error(
-        "{text:?} is negative; values are rates or gauges (>= 0) (clamping to 0 is an option of the reader)"
+        "{text:?} is negative; values are rates or gauges (>= 0) (vpm forecast/eval --clamp-negative reads them as 0)"
     )]
     Negative {
         /// The field.

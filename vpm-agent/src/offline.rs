@@ -1,0 +1,361 @@
+//! Forecasting and evaluation of a telemetry file (`vpm forecast`, `vpm eval`):
+//! read the long CSV, resample every series onto one step through the
+//! [`Store`], then forecast or evaluate each series.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::forecast::{
+    EvalOptions, Forecast, ForecastError, ForecasterConfig, SeriesEval, SeriesForecaster, evaluate,
+};
+use crate::store::input::{self, InputError, ReadOptions, ReadSummary};
+use crate::store::{RegularSeries, Store, StoreConfig, StoreError};
+
+/// Errors of the offline commands.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// The file could not be read or is malformed (names file, line, column).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The step could not be inferred.
+    #[error("{file}: cannot infer the step (no series has two samples); give --step")]
+    NoStep {
+        /// The file.
+        file: String,
+    },
+    /// The step is unusable.
+    #[error("step {step_s} s is not usable: it must be a positive number of milliseconds")]
+    BadStep {
+        /// The step.
+        step_s: f64,
+    },
+    /// Resampling failed.
+    #[error("resampling {file}")]
+    Store {
+        /// The file.
+        file: String,
+        /// The error.
+        #[source]
+        source: StoreError,
+    },
+    /// The forecaster refused a series or option.
+    #[error("{vm}/{resource}")]
+    Forecast {
+        /// VM.
+        vm: String,
+        /// Resource.
+        resource: String,
+        /// The error.
+        #[source]
+        source: ForecastError,
+    },
+}
+
+/// What was loaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct Loaded {
+    /// The file.
+    pub file: String,
+    /// The model step used.
+    pub step_s: f64,
+    /// Whether the step was inferred (median sample interval) or given.
+    pub step_inferred: bool,
+    /// Rows read.
+    pub rows: u64,
+    /// Rows out of order within their series (sorted), exact duplicates
+    /// dropped, negative values clamped.
+    pub out_of_order_rows: u64,
+    /// Exact duplicate rows dropped.
+    pub duplicate_rows_dropped: u64,
+    /// Negative values read as 0 (only with clamping on).
+    pub negative_clamped: u64,
+    /// The regular series, in (vm, resource) order.
+    #[serde(skip)]
+    pub series: Vec<RegularSeries>,
+}
+
+/// Reads `path` and resamples every series onto `step_s` (or the median
+/// sample interval when `None`), keeping the whole file.
+pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Loaded, OfflineError> {
+    let trace = input::read_path(path, read)?;
+    let file = trace.file.clone();
+    let (step_s, step_inferred) = match step_s {
+        Some(s) => (s, false),
+        None => {
+            let median = trace
+                .median_interval_s()
+                .ok_or_else(|| OfflineError::NoStep { file: file.clone() })?;
+            ((median * 1000.0).round() / 1000.0, true)
+        }
+    };
+    if !(step_s.is_finite() && step_s >= 0.001) {
+        return Err(OfflineError::BadStep { step_s });
+    }
+    let span = trace
+        .series
+        .iter()
+        .filter_map(|s| Some(s.timestamps.last()? - s.timestamps.first()?))
+        .fold(0.0_f64, f64::max);
+    let cfg = StoreConfig {
+        // An offline file is kept whole, however long it is.
+        fine_retention_s: span + 2.0 * step_s,
+        coarse_retention_s: span + 2.0 * StoreConfig::with_step(step_s).coarse_step_s,
+        max_series: usize::MAX,
+        max_series_per_vm: usize::MAX,
+        max_value: read.max_value,
+        ..StoreConfig::with_step(step_s)
+    };
+    let store_err = |source| OfflineError::Store {
+        file: file.clone(),
+        source,
+    };
+    let mut store = Store::new(cfg).map_err(store_err)?;
+    store.ingest_trace(&trace).map_err(store_err)?;
+    store.finish().map_err(store_err)?;
+    let series = store
+        .keys()
+        .into_iter()
+        .filter_map(|k| store.series(&k.vm, &k.resource))
+        .collect();
+    let ReadSummary {
+        rows,
+        out_of_order_rows,
+        duplicate_rows_dropped,
+        negative_clamped,
+        ..
+    } = trace.summary;
+    Ok(Loaded {
+        file,
+        step_s,
+        step_inferred,
+        rows,
+        out_of_order_rows,
+        duplicate_rows_dropped,
+        negative_clamped,
+        series,
+    })
+}
+
+/// Forecasts of one series.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesForecasts {
+    /// VM.
+    pub vm: String,
+    /// Resource.
+    pub resource: String,
+    /// End of the last step of the series (the forecast origin, unix seconds).
+    pub origin: f64,
+    /// One per horizon.
+    pub forecasts: Vec<Forecast>,
+}
+
+/// Forecasts every series at every horizon from its last point.
+pub fn forecast_all(
+    series: &[RegularSeries],
+    horizons_s: &[f64],
+    cfg: &ForecasterConfig,
+) -> Result<Vec<SeriesForecasts>, OfflineError> {
+    series
+        .iter()
+        .map(|s| {
+            let err = |source| OfflineError::Forecast {
+                vm: s.vm.clone(),
+                resource: s.resource.clone(),
+                source,
+            };
+            let mut f = SeriesForecaster::new(s.step_s, cfg.clone()).map_err(err)?;
+            f.observe(&s.values).map_err(err)?;
+            let origin = s.end();
+            let forecasts = f.forecast(origin, horizons_s).map_err(err)?;
+            Ok(SeriesForecasts {
+                vm: s.vm.clone(),
+                resource: s.resource.clone(),
+                origin,
+                forecasts,
+            })
+        })
+        .collect()
+}
+
+/// The evaluation of one series, or why it was skipped.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesEvalEntry {
+    /// VM.
+    pub vm: String,
+    /// Resource.
+    pub resource: String,
+    /// The evaluation (absent when skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<SeriesEval>,
+    /// Why the series was not evaluated (too short, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// Summary of one horizon over all evaluated series.
+#[derive(Clone, Debug, Serialize)]
+pub struct HorizonSummary {
+    /// Horizon, seconds.
+    pub horizon_s: f64,
+    /// Series evaluated at this horizon.
+    pub series: usize,
+    /// Share of them where vpm's selection's WAPE is at or below the best baseline's.
+    pub vpm_at_or_below_best_baseline: Option<f64>,
+    /// Mean under-provision rate of vpm's upper bound.
+    pub vpm_underprov_rate: Option<f64>,
+    /// Mean under-provision rate of the VPA rule.
+    pub vpa_underprov_rate: Option<f64>,
+    /// Mean relative slack of vpm's upper bound.
+    pub vpm_relative_slack: Option<f64>,
+    /// Mean relative slack of the VPA rule.
+    pub vpa_relative_slack: Option<f64>,
+}
+
+/// `vpm eval`'s result.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// What was read.
+    pub input: Loaded,
+    /// Level of the upper bound.
+    pub upper_level: f64,
+    /// Per horizon, over all series.
+    pub summary: Vec<HorizonSummary>,
+    /// Per series.
+    pub series: Vec<SeriesEvalEntry>,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (n, sum) = xs.fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Rolling-origin evaluation of every series (see [`evaluate`]).
+pub fn evaluate_all(loaded: Loaded, horizons_s: &[f64], opts: &EvalOptions) -> EvalReport {
+    let series: Vec<SeriesEvalEntry> = loaded
+        .series
+        .iter()
+        .map(
+            |s| match evaluate(&s.values, s.step_s, s.start, horizons_s, opts) {
+                Ok(eval) => SeriesEvalEntry {
+                    vm: s.vm.clone(),
+                    resource: s.resource.clone(),
+                    eval: Some(eval),
+                    skipped: None,
+                },
+                Err(e) => SeriesEvalEntry {
+                    vm: s.vm.clone(),
+                    resource: s.resource.clone(),
+                    eval: None,
+                    skipped: Some(crate::telemetry::error_chain(&e)),
+                },
+            },
+        )
+        .collect();
+    let mut summary = Vec::new();
+    let horizons: Vec<f64> = series
+        .iter()
+        .filter_map(|e| e.eval.as_ref())
+        .flat_map(|e| e.horizons.iter().map(|h| h.horizon_s))
+        .fold(Vec::new(), |mut acc, h| {
+            if !acc.contains(&h) {
+                acc.push(h);
+            }
+            acc
+        });
+    for h in horizons {
+        let rows: Vec<&crate::forecast::HorizonEval> = series
+            .iter()
+            .filter_map(|e| e.eval.as_ref())
+            .filter_map(|e| e.horizons.iter().find(|x| x.horizon_s == h))
+            .collect();
+        let model = |he: &crate::forecast::HorizonEval, name: &str| {
+            he.models.iter().find(|m| m.model == name).cloned()
+        };
+        summary.push(HorizonSummary {
+            horizon_s: h,
+            series: rows.len(),
+            vpm_at_or_below_best_baseline: mean(
+                rows.iter()
+                    .filter_map(|r| r.vpm_beats_best_baseline)
+                    .map(|b| if b { 1.0 } else { 0.0 }),
+            ),
+            vpm_underprov_rate: mean(rows.iter().filter_map(|r| model(r, "vpm")?.underprov_rate)),
+            vpa_underprov_rate: mean(rows.iter().filter_map(|r| model(r, "vpa")?.underprov_rate)),
+            vpm_relative_slack: mean(rows.iter().filter_map(|r| model(r, "vpm")?.relative_slack)),
+            vpa_relative_slack: mean(rows.iter().filter_map(|r| model(r, "vpa")?.relative_slack)),
+        });
+    }
+    EvalReport {
+        upper_level: opts.forecaster.upper_level,
+        input: loaded,
+        summary,
+        series,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::tracegen::TraceSpec;
+
+    fn write_trace(dir: &Path, hours: f64) -> std::path::PathBuf {
+        let spec = TraceSpec::fleet(2, 7, 1_700_000_000.0, hours * 3600.0, 10.0);
+        let path = dir.join("t.csv");
+        let mut f = std::fs::File::create(&path).expect("create");
+        spec.write_csv(&mut f).expect("write");
+        path
+    }
+
+    #[test]
+    fn the_step_is_inferred_and_every_series_forecast() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_trace(dir.path(), 3.0);
+        let loaded = load(&path, None, &ReadOptions::default()).expect("load");
+        assert_eq!(loaded.step_s, 10.0);
+        assert!(loaded.step_inferred);
+        assert!(loaded.series.len() >= 10);
+        let out = forecast_all(&loaded.series, &[10.0, 60.0], &ForecasterConfig::default())
+            .expect("forecast");
+        assert_eq!(out.len(), loaded.series.len());
+        for s in &out {
+            assert_eq!(s.forecasts.len(), 2);
+            for f in &s.forecasts {
+                assert!(f.predicted.is_finite() && f.predicted >= 0.0);
+                assert!(f.lower <= f.upper);
+                assert_eq!(f.target_time, s.origin + f.horizon_s);
+            }
+        }
+    }
+
+    #[test]
+    fn evaluation_reports_every_series_and_a_summary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_trace(dir.path(), 6.0);
+        let loaded = load(&path, Some(60.0), &ReadOptions::default()).expect("load");
+        assert_eq!(loaded.step_s, 60.0);
+        let n = loaded.series.len();
+        let report = evaluate_all(loaded, &[60.0], &EvalOptions::default());
+        assert_eq!(report.series.len(), n);
+        assert!(report.series.iter().any(|s| s.eval.is_some()));
+        assert_eq!(report.summary.len(), 1);
+        assert!(report.summary[0].series > 0);
+    }
+
+    #[test]
+    fn a_bad_file_names_file_line_and_column() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.csv");
+        std::fs::write(
+            &path,
+            "timestamp,vm,pid,resource,value\n1,a,1,cpu,0.5\n2,a,1,cpu,NaN\n",
+        )
+        .expect("write");
+        let err = load(&path, None, &ReadOptions::default()).expect_err("NaN");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("bad.csv:3") && msg.contains("column 5"),
+            "{msg}"
+        );
+    }
+}
