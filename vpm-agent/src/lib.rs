@@ -14,6 +14,7 @@ pub mod identity;
 pub mod lab;
 pub mod monitor;
 pub mod offline;
+pub mod pipeline;
 pub mod report;
 pub mod store;
 pub mod telemetry;

@@ -7,8 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use vpm::api::{self, server};
+use vpm::export::{ForecastRow, write_forecast_csv};
 use vpm::history::{History, Tick};
 use vpm::monitor::Monitor;
+use vpm::pipeline::{Pipeline, PipelineConfig};
+use vpm::store::StoreConfig;
 use vpm::store::long;
 
 use super::{CollectArgs, duration, unix_now};
@@ -33,6 +36,15 @@ pub struct RunArgs {
     /// How much history the agent keeps for live queries.
     #[arg(long, default_value = "15m", value_parser = duration)]
     history: Duration,
+    /// Model step of the forecasts (telemetry is resampled onto it).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    step: Duration,
+    /// Forecast horizons, comma-separated.
+    #[arg(long, default_value = "60s,300s", value_parser = super::durations, value_name = "DURATIONS")]
+    horizons: super::Durations,
+    /// Full-resolution history kept per series for forecasting (memory grows with it).
+    #[arg(long, default_value = "6h", value_parser = duration)]
+    forecast_history: Duration,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = duration)]
     duration: Option<Duration>,
@@ -76,6 +88,11 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
         args.keep,
         args.collect.interval.as_secs_f64(),
     );
+    let forecaster = ForecastThread::start(
+        Pipeline::new(pipeline_config(args)).context("starting the forecaster")?,
+        args.export_dir.clone(),
+        args.keep,
+    )?;
     let mut next_export = tokio::time::Instant::now() + args.export_interval;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -90,7 +107,8 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
             Ok(t) => t,
             Err(e) => break Err(anyhow::Error::new(e).context("reading telemetry failed")),
         };
-        exporter.add(&tick);
+        let at = tick.at;
+        forecaster.send(Msg::Rows(exporter.add(&tick), at));
         if let Ok(mut s) = shared.lock() {
             s.history.push(tick);
             s.status.ticks += 1;
@@ -98,9 +116,11 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
         let now = tokio::time::Instant::now();
         if now >= next_export {
             next_export = now + args.export_interval;
-            if let Err(e) = exporter.flush(unix_now()) {
+            let t = unix_now();
+            if let Err(e) = exporter.flush(t) {
                 log::error!("{e:#}");
             }
+            forecaster.send(Msg::Export(t));
         }
         if deadline.is_some_and(|d| now >= d) {
             break Ok(());
@@ -108,12 +128,120 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
     };
     server.abort();
     // Nothing collected is lost on the way out: the partial interval is exported too.
-    if let Err(e) = exporter.flush(unix_now()) {
+    let t = unix_now();
+    if let Err(e) = exporter.flush(t) {
         log::error!("{e:#}");
     }
+    forecaster.stop(t);
     let _ = std::fs::remove_file(&args.socket);
     log::info!("stopped");
     result
+}
+
+fn pipeline_config(args: &RunArgs) -> PipelineConfig {
+    let mut cfg = PipelineConfig::agent_default();
+    let step = args.step.as_secs_f64();
+    cfg.store = StoreConfig {
+        fine_retention_s: args.forecast_history.as_secs_f64(),
+        ..StoreConfig::with_step(step)
+    };
+    cfg.forecaster.history_cap = ((args.forecast_history.as_secs_f64() / step) as usize).max(1);
+    cfg.horizons_s = args.horizons.seconds();
+    cfg
+}
+
+/// Work for the forecasting thread.
+enum Msg {
+    /// A tick's rows, and its time.
+    Rows(Vec<long::Row>, f64),
+    /// Export forecasts stamped with this time.
+    Export(f64),
+}
+
+/// The store and forecasters run on their own thread: polars must not block
+/// the agent's async runtime, and a slow model selection must not delay ticks.
+struct ForecastThread {
+    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ForecastThread {
+    fn start(mut pipeline: Pipeline, dir: PathBuf, keep: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let handle = std::thread::Builder::new()
+            .name("vpm-forecast".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Msg::Rows(rows, at) => {
+                            if let Err(e) = pipeline.ingest(&rows, at) {
+                                log::error!("{:#}", anyhow::Error::new(e));
+                            }
+                        }
+                        Msg::Export(t) => {
+                            if let Err(e) = export_forecasts(&dir, keep, t, &mut pipeline) {
+                                log::error!("{e:#}");
+                            }
+                        }
+                    }
+                }
+            })
+            .context("cannot start the forecasting thread")?;
+        Ok(Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.tx
+            && tx.send(msg).is_err()
+        {
+            log::error!("the forecasting thread stopped; forecasts are no longer exported");
+        }
+    }
+
+    /// Exports a last time, then waits for the thread to finish.
+    fn stop(mut self, t: f64) {
+        self.send(Msg::Export(t));
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take()
+            && h.join().is_err()
+        {
+            log::error!("the forecasting thread panicked");
+        }
+    }
+}
+
+/// Writes `forecast-<t>.csv` (atomically) and rotates old ones.
+fn export_forecasts(
+    dir: &Path,
+    keep: usize,
+    t: f64,
+    pipeline: &mut Pipeline,
+) -> anyhow::Result<()> {
+    let outlook = pipeline.forecast();
+    if outlook.is_empty() {
+        return Ok(());
+    }
+    let rows = outlook.iter().flat_map(|o| {
+        o.forecasts.iter().map(move |f| ForecastRow {
+            generated_at: t,
+            vm: &o.key.vm,
+            resource: &o.key.resource,
+            forecast: f,
+        })
+    });
+    let bytes = write_forecast_csv(Vec::new(), rows).context("encoding forecasts")?;
+    let path = dir.join(format!("forecast-{}.csv", t as u64));
+    vpm::export::write_atomic(&path, &bytes)?;
+    log::debug!(
+        "exported {} series' forecasts to {}",
+        outlook.len(),
+        path.display()
+    );
+    vpm::export::rotate(dir, "forecast-", keep)?;
+    Ok(())
 }
 
 /// Periodic telemetry CSV files in the export directory.
@@ -135,11 +263,13 @@ impl Exporter {
         }
     }
 
-    fn add(&mut self, tick: &Tick) {
+    /// Adds a tick; returns its rows.
+    fn add(&mut self, tick: &Tick) -> Vec<long::Row> {
         let at = tick.at;
         self.recent.push(tick.clone());
-        self.rows
-            .extend(self.recent.last_tick().report().long_rows(at));
+        let rows = self.recent.last_tick().report().long_rows(at);
+        self.rows.extend(rows.iter().cloned());
+        rows
     }
 
     /// Writes the rows gathered since the last flush to a new file, atomically,

@@ -1,0 +1,226 @@
+//! The agent's forecasting loop: telemetry rows go into the [`Store`]; at each
+//! export every series' new points feed its [`SeriesForecaster`], which
+//! forecasts every horizon. Model re-selection is spread over exports by a
+//! [`SelectionBudget`] and per-series phases, so the agent stays light.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::forecast::{
+    Forecast, ForecastError, ForecasterConfig, SelectionBudget, SeriesForecaster,
+};
+use crate::store::long::Row;
+use crate::store::{SeriesKey, Store, StoreConfig, StoreError};
+
+/// Settings of the loop.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Store settings (model step, retention).
+    pub store: StoreConfig,
+    /// Forecaster settings.
+    pub forecaster: ForecasterConfig,
+    /// Horizons, seconds.
+    pub horizons_s: Vec<f64>,
+    /// Model selections allowed per export, over all series.
+    pub selections_per_export: usize,
+}
+
+impl PipelineConfig {
+    /// Defaults for the agent: 10 s step, 6 h of full-resolution history (the
+    /// store and each forecaster), horizons 1 and 5 minutes.
+    pub fn agent_default() -> Self {
+        let store = StoreConfig {
+            fine_retention_s: 6.0 * 3600.0,
+            ..StoreConfig::with_step(10.0)
+        };
+        Self {
+            forecaster: ForecasterConfig {
+                history_cap: (store.fine_retention_s / store.step_s) as usize,
+                ..ForecasterConfig::default()
+            },
+            store,
+            horizons_s: vec![60.0, 300.0],
+            selections_per_export: 64,
+        }
+    }
+}
+
+/// Errors of the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The store refused its configuration or failed to resample.
+    #[error("telemetry store")]
+    Store(#[from] StoreError),
+    /// The forecaster refused its configuration.
+    #[error("forecaster configuration")]
+    Config(#[source] ForecastError),
+}
+
+struct Tracked {
+    forecaster: SeriesForecaster,
+    /// End (unix s) of the last point fed to the forecaster.
+    fed_until: f64,
+}
+
+/// Forecasts of one series at one export.
+#[derive(Clone, Debug)]
+pub struct SeriesOutlook {
+    /// The series.
+    pub key: SeriesKey,
+    /// Its forecasts, one per horizon.
+    pub forecasts: Vec<Forecast>,
+}
+
+/// The loop.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    store: Store,
+    tracked: HashMap<SeriesKey, Tracked>,
+}
+
+fn phase_of(key: &SeriesKey) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl Pipeline {
+    /// A new, empty loop.
+    pub fn new(cfg: PipelineConfig) -> Result<Self, PipelineError> {
+        cfg.forecaster.validate().map_err(PipelineError::Config)?;
+        let store = Store::new(cfg.store.clone())?;
+        Ok(Self {
+            cfg,
+            store,
+            tracked: HashMap::new(),
+        })
+    }
+
+    /// The store (for inspection and memory accounting).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Series with a forecaster.
+    pub fn tracked(&self) -> usize {
+        self.tracked.len()
+    }
+
+    /// Adds a tick's rows and closes the steps that ended before `now`.
+    pub fn ingest(&mut self, rows: &[Row], now: f64) -> Result<(), PipelineError> {
+        let report = self.store.ingest_rows(rows)?;
+        if report.rejected > 0 || report.over_limit > 0 {
+            log::debug!(
+                "store: {} rows rejected, {} over the series limits",
+                report.rejected,
+                report.over_limit
+            );
+        }
+        self.store.advance(now)?;
+        Ok(())
+    }
+
+    /// Feeds every series' new points to its forecaster and forecasts all
+    /// horizons from the end of its data. Series the forecaster refuses are
+    /// logged and skipped; forecasters of series the store forgot are dropped.
+    pub fn forecast(&mut self) -> Vec<SeriesOutlook> {
+        let mut budget = SelectionBudget::new(self.cfg.selections_per_export);
+        let keys = self.store.keys();
+        self.tracked.retain(|k, _| keys.contains(k));
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(series) = self.store.series(&key.vm, &key.resource) else {
+                continue;
+            };
+            let step = series.step_s;
+            // A series that restarted after a long gap starts a new forecaster.
+            let restart = self
+                .tracked
+                .get(&key)
+                .is_none_or(|t| series.start > t.fed_until + step * 0.5);
+            if restart {
+                match SeriesForecaster::new(step, self.cfg.forecaster.clone()) {
+                    Ok(f) => {
+                        self.tracked.insert(
+                            key.clone(),
+                            Tracked {
+                                forecaster: f.with_phase(phase_of(&key)),
+                                fed_until: series.start,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        log::warn!("{}/{}: {e}", key.vm, key.resource);
+                        continue;
+                    }
+                }
+            }
+            let Some(t) = self.tracked.get_mut(&key) else {
+                continue;
+            };
+            let first_new = ((t.fed_until - series.start) / step).round().max(0.0) as usize;
+            if first_new < series.values.len() {
+                if let Err(e) = t.forecaster.observe(&series.values[first_new..]) {
+                    log::warn!("{}/{}: {e}", key.vm, key.resource);
+                    self.tracked.remove(&key);
+                    continue;
+                }
+                t.fed_until = series.end();
+            }
+            match t
+                .forecaster
+                .forecast_with_budget(t.fed_until, &self.cfg.horizons_s, &mut budget)
+            {
+                Ok(forecasts) => out.push(SeriesOutlook { key, forecasts }),
+                Err(e) => log::debug!("{}/{}: no forecast yet: {e}", key.vm, key.resource),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::tracegen::TraceSpec;
+
+    #[test]
+    fn ticks_in_exports_out_and_forecasters_follow_the_series() {
+        let start = 1_700_000_000.0;
+        let spec = TraceSpec::fleet(2, 3, start, 1800.0, 1.0);
+        let rows: Vec<Row> = spec.rows().collect();
+        let mut cfg = PipelineConfig::agent_default();
+        cfg.horizons_s = vec![60.0];
+        let mut p = Pipeline::new(cfg).expect("pipeline");
+        // Feed one simulated second at a time, export every 5 minutes.
+        let mut i = 0;
+        let mut exports = 0;
+        for second in 0..1800 {
+            let now = start + f64::from(second) + 1.0;
+            let end = rows[i..]
+                .iter()
+                .position(|r| r.timestamp >= now)
+                .map_or(rows.len(), |p| i + p);
+            p.ingest(&rows[i..end], now).expect("ingest");
+            i = end;
+            if second % 300 == 299 {
+                let out = p.forecast();
+                exports += 1;
+                assert!(!out.is_empty(), "export {exports} had no forecasts");
+                for o in &out {
+                    assert_eq!(o.forecasts.len(), 1);
+                    let f = &o.forecasts[0];
+                    assert!(f.predicted.is_finite() && f.upper >= f.predicted.min(f.upper));
+                    // Forecasts start at the end of the data the store closed.
+                    assert!(
+                        f.target_time <= now + 60.0 + 10.0,
+                        "{} vs {now}",
+                        f.target_time
+                    );
+                }
+            }
+        }
+        assert_eq!(exports, 6);
+        assert_eq!(p.tracked(), p.store().keys().len());
+    }
+}
