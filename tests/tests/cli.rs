@@ -297,6 +297,7 @@ fn the_agent_serves_top_and_exports_telemetry_csv() {
             "--duration",
             "30s",
         ])
+        .args(["--step", "1s", "--horizons", "2s,5s"])
         .arg("--socket")
         .arg(&socket)
         .arg("--export-dir")
@@ -352,6 +353,48 @@ fn the_agent_serves_top_and_exports_telemetry_csv() {
         }),
         "no export names the VM"
     );
+    // Forecast exports: the documented schema, a row per horizon for the VM's series.
+    let forecast_for_vm = || {
+        std::fs::read_dir(&exports).ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("forecast-"))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .find(|t| t.contains(",db7,dev:pio:0x70_per_s,5,"))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || forecast_for_vm().is_some()),
+        "no forecast export names the VM: {:?}",
+        std::fs::read_dir(&exports).map(|d| d
+            .filter_map(Result::ok)
+            .map(|e| (
+                e.file_name(),
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ))
+            .collect::<Vec<_>>())
+    );
+    let text = forecast_for_vm().expect("forecast export");
+    assert!(text.starts_with(
+        "generated_at,vm,resource,horizon_s,target_time,predicted,lower,upper,model,backtest_wape\n"
+    ));
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 10, "{line}");
+        let (predicted, lower, upper): (f64, f64, f64) = (
+            f[5].parse().expect("predicted"),
+            f[6].parse().expect("lower"),
+            f[7].parse().expect("upper"),
+        );
+        assert!(
+            lower <= predicted.max(lower) && lower <= upper && predicted >= 0.0,
+            "{line}"
+        );
+    }
     vm.release().expect("release");
     // SIGTERM: the agent stops cleanly and removes its socket.
     // SAFETY: sending a signal to our own child.
@@ -366,11 +409,15 @@ fn the_agent_serves_top_and_exports_telemetry_csv() {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        assert!(
-            name.starts_with("telemetry-") && name.ends_with(".csv"),
-            "stray file {name}"
-        );
+        let header = if name.starts_with("telemetry-") {
+            "timestamp,vm,pid,resource,value\n"
+        } else if name.starts_with("forecast-") {
+            "generated_at,vm,resource,horizon_s,target_time,predicted,lower,upper,model,backtest_wape\n"
+        } else {
+            panic!("stray file {name}");
+        };
+        assert!(name.ends_with(".csv"), "stray file {name}");
         let text = std::fs::read_to_string(&path).expect("export");
-        assert!(text.starts_with("timestamp,vm,pid,resource,value\n"));
+        assert!(text.starts_with(header), "{name}: {text}");
     }
 }

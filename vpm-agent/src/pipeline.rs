@@ -26,16 +26,19 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    /// Defaults for the agent: 10 s step, 6 h of full-resolution history (the
-    /// store and each forecaster), horizons 1 and 5 minutes.
+    /// Defaults for the agent (sized in BENCHMARKS.md, forecast section): 10 s
+    /// step; the store keeps 15 minutes at full resolution (enough to bridge
+    /// exports) and 8 days at 5 minutes; each forecaster keeps 2 hours (720
+    /// points) and 128 calibration residuals; horizons 1 and 5 minutes.
     pub fn agent_default() -> Self {
         let store = StoreConfig {
-            fine_retention_s: 6.0 * 3600.0,
+            fine_retention_s: 900.0,
             ..StoreConfig::with_step(10.0)
         };
         Self {
             forecaster: ForecasterConfig {
-                history_cap: (store.fine_retention_s / store.step_s) as usize,
+                history_cap: 720,
+                calibration_window: 128,
                 ..ForecasterConfig::default()
             },
             store,

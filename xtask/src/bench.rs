@@ -3,6 +3,9 @@
 //! `cargo xtask bench telemetry` checks the prerequisites, builds the test VMM
 //! and the bench binary, runs it (root, /dev/kvm, BPF, perf) and replaces the
 //! `## telemetry` section of BENCHMARKS.md, leaving other sections alone.
+//! `cargo xtask bench forecast` builds `bench-forecast` in release (the figures
+//! are timings of optimized code), runs it (no privileges needed) and replaces
+//! the `## forecast` section.
 //! `--smoke` is CI's short pass: the same checks on a small workload, printed
 //! only, BENCHMARKS.md untouched.
 
@@ -24,7 +27,7 @@ pub struct Options {
 }
 
 /// The benchmarks there are.
-const BENCHMARKS: &[&str] = &["telemetry"];
+pub const BENCHMARKS: &[&str] = &["telemetry", "forecast"];
 
 const BENCHMARKS_FILE: &str = "BENCHMARKS.md";
 
@@ -35,6 +38,7 @@ date and machine); do not edit it by hand, run the bench again.\n";
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     match opts.name.as_str() {
         "telemetry" => telemetry(opts.smoke),
+        "forecast" => forecast(opts.smoke),
         other => bail!(
             "unknown benchmark `{other}`; known: {}",
             BENCHMARKS.join(", ")
@@ -73,28 +77,76 @@ fn telemetry(smoke: bool) -> anyhow::Result<()> {
     ]);
     util::run(&mut build)?;
 
+    let bin = target_dir().join("debug").join("bench-telemetry");
+    let mut bench = Command::new(&bin);
+    if smoke {
+        bench.arg("--smoke");
+    }
+    run_and_write("telemetry", bench, smoke)
+}
+
+fn forecast(smoke: bool) -> anyhow::Result<()> {
+    // Release for the figures: they are timings (throughput, the agent's CPU)
+    // of the forecasting code, which the dev profile leaves unoptimized (only
+    // dependencies get opt-level 2 there). The smoke pass checks that every
+    // part runs, not timings, so it reuses the test build (the dev profile)
+    // instead of compiling polars a second time.
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = util::cargo();
+    build.args(["build", "-p", "vpm-tests", "--bin", "bench-forecast"]);
+    if !smoke {
+        build.arg("--release");
+    }
+    util::run(&mut build)?;
+
     let root = util::workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    let bin = target_dir().join(profile).join("bench-forecast");
+    let mut bench = Command::new(&bin);
+    // The datacenter samples live next to the workspace; the bench skips them
+    // with a note when they are absent (a user's clone).
+    bench
+        .arg("--data")
+        .arg(root.join("../shared/data/datacenter_synthetic_days.csv"));
+    if smoke {
+        bench.arg("--smoke");
+    }
+    run_and_write("forecast", bench, smoke)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR` or `target/`).
+fn target_dir() -> PathBuf {
+    let root = util::workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("bench-telemetry");
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let section_file = out_dir.join("telemetry.md");
+        .unwrap_or_else(|| root.join("target"))
+}
 
-    let mut bench = Command::new(&bin);
+/// Runs a bench binary that writes its Markdown section to `--markdown FILE`,
+/// prints the section, and (unless `smoke`) replaces the `## {name}` section of
+/// BENCHMARKS.md with it.
+fn run_and_write(name: &str, mut bench: Command, smoke: bool) -> anyhow::Result<()> {
+    let root = util::workspace_root();
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let section_file = out_dir.join(format!("{name}.md"));
+    // A section left by an earlier run must not pass for this one's.
+    match std::fs::remove_file(&section_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", section_file.display())),
+    }
     bench
         .current_dir(&root)
         .arg("--markdown")
         .arg(&section_file);
-    if smoke {
-        bench.arg("--smoke");
-    }
     util::run(&mut bench)?;
     let section = std::fs::read_to_string(&section_file)
         .with_context(|| format!("reading {}", section_file.display()))?;
     print!("{section}");
+    if !section.starts_with(&format!("## {name}\n")) {
+        bail!("{} does not start with `## {name}`", section_file.display());
+    }
 
     if smoke {
         eprintln!("xtask: smoke pass: {BENCHMARKS_FILE} left untouched");
@@ -106,12 +158,9 @@ fn telemetry(smoke: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let updated = replace_section(current.as_deref(), "telemetry", &section);
+    let updated = replace_section(current.as_deref(), name, &section);
     std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!(
-        "xtask: wrote the `## telemetry` section of {}",
-        path.display()
-    );
+    eprintln!("xtask: wrote the `## {name}` section of {}", path.display());
     Ok(())
 }
 
@@ -192,6 +241,9 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("unknown benchmark `nope`"), "{err}");
-        assert!(err.contains("telemetry"), "{err}");
+        assert!(
+            err.contains("telemetry") && err.contains("forecast"),
+            "{err}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! 1. unit tests of every crate but the eBPF one (`cargo test --workspace --exclude vpm-ebpf --lib --bins`);
 //! 2. the privileged integration tests in `tests/` (root, /dev/kvm, BPF), one
-//!    at a time because they share the kernel's tracepoints.
+//!    at a time because they share the kernel's tracepoints;
+//! 3. a smoke pass of every benchmark (`cargo xtask bench <name> --smoke`).
 //!
 //! A missing prerequisite fails loudly. `VPM_SKIP_PRIVILEGED=1` is the only way
 //! to skip step 2 (for a machine without KVM); it is said in the output.
@@ -70,5 +71,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .args(&opts.args);
     util::run(&mut privileged)?;
     eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());
+
+    // A short smoke pass of every benchmark, so they keep working (figures are
+    // not written: `cargo xtask bench <name>` does that).
+    let started = std::time::Instant::now();
+    for name in crate::bench::BENCHMARKS {
+        crate::bench::run(&crate::bench::Options {
+            name: (*name).to_owned(),
+            smoke: true,
+        })?;
+    }
+    eprintln!("xtask: benchmark smoke passes took {:.0?}", started.elapsed());
     Ok(())
 }

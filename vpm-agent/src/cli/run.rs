@@ -42,8 +42,9 @@ pub struct RunArgs {
     /// Forecast horizons, comma-separated.
     #[arg(long, default_value = "60s,300s", value_parser = super::durations, value_name = "DURATIONS")]
     horizons: super::Durations,
-    /// Full-resolution history kept per series for forecasting (memory grows with it).
-    #[arg(long, default_value = "6h", value_parser = duration)]
+    /// History each series' forecaster keeps at the model step (memory grows with it:
+    /// 8 bytes per point per series).
+    #[arg(long, default_value = "2h", value_parser = duration)]
     forecast_history: Duration,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = duration)]
@@ -51,6 +52,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if std::env::var_os("POLARS_MAX_THREADS").is_none() {
+        // One polars worker: the agent resamples small batches, and each extra
+        // thread costs memory (measured in BENCHMARKS.md, forecast section).
+        // SAFETY: no other thread exists yet (the runtime starts below).
+        unsafe { std::env::set_var("POLARS_MAX_THREADS", "1") };
+    }
     std::fs::create_dir_all(&args.export_dir).with_context(|| {
         format!(
             "cannot create the export directory {}",
@@ -142,10 +149,12 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
     let mut cfg = PipelineConfig::agent_default();
     let step = args.step.as_secs_f64();
     cfg.store = StoreConfig {
-        fine_retention_s: args.forecast_history.as_secs_f64(),
+        // The forecasters keep their own history; the store's full-resolution
+        // tier only has to bridge export intervals (the 5-minute tier keeps 8 days).
+        fine_retention_s: (3.0 * args.export_interval.as_secs_f64()).max(900.0),
         ..StoreConfig::with_step(step)
     };
-    cfg.forecaster.history_cap = ((args.forecast_history.as_secs_f64() / step) as usize).max(1);
+    cfg.forecaster.history_cap = ((args.forecast_history.as_secs_f64() / step) as usize).max(16);
     cfg.horizons_s = args.horizons.seconds();
     cfg
 }

@@ -331,12 +331,20 @@ impl SeriesForecaster {
     /// arrived into calibration residuals.
     pub fn observe(&mut self, values: &[f64]) -> Result<()> {
         check_values(values)?;
-        self.buf.extend_from_slice(values);
-        self.total += values.len() as u64;
+        // Trim before appending, so the buffer never outgrows the capacity
+        // reserved in `new` (cap + 64): growing it would double the allocation.
         let cap = self.cfg.history_cap;
-        if self.buf.len() > cap + 64 {
-            self.buf.drain(..self.buf.len() - cap);
+        if values.len() >= cap {
+            self.buf.clear();
+            self.buf.extend_from_slice(&values[values.len() - cap..]);
+        } else {
+            if self.buf.len() + values.len() > cap + 64 {
+                let excess = self.buf.len() + values.len() - cap;
+                self.buf.drain(..excess.min(self.buf.len()));
+            }
+            self.buf.extend_from_slice(values);
         }
+        self.total += values.len() as u64;
         let first_abs = self.total - self.buf.len() as u64;
         for st in &mut self.horizons {
             while let Some(&(target, pred)) = st.pending.front() {
@@ -541,6 +549,25 @@ mod tests {
     use crate::forecast::synth::{Rng, ar1_daily};
 
     const T0: f64 = 1_704_067_200.0;
+
+    #[test]
+    fn the_history_buffer_never_reallocates_past_its_capacity() {
+        let cfg = ForecasterConfig {
+            history_cap: 100,
+            ..ForecasterConfig::default()
+        };
+        let mut f = SeriesForecaster::new(10.0, cfg).expect("forecaster");
+        let cap0 = f.buf.capacity();
+        for i in 0..1000 {
+            f.observe(&[f64::from(i % 7), 1.0, 2.0]).expect("observe");
+            assert!(f.buf.len() <= 164);
+        }
+        f.observe(&vec![3.0; 500])
+            .expect("a batch longer than the cap");
+        assert_eq!(f.buf.len(), 100);
+        assert_eq!(f.buf.capacity(), cap0, "the buffer grew");
+        assert_eq!(f.total_observed(), 3500);
+    }
 
     #[test]
     fn cold_start_is_last_value_with_a_wide_interval() {
