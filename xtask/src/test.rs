@@ -57,17 +57,20 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     // The tests drive the `vpm` and `vpm-testvm` binaries.
-    util::run(util::cargo().args(["build", "--package", "vpm-agent", "--bins"]))?;
+    // `--workspace` everywhere: the same feature set as the unit-test build, so
+    // nothing (polars above all) is compiled a second time.
+    util::run(util::cargo().args(["build", "--workspace", "--exclude", "vpm-ebpf", "--bins"]))?;
     let mut privileged = util::cargo();
     privileged
         .args([
             "test",
-            "--package",
-            "vpm-tests",
-            "--tests",
-            "--",
-            "--test-threads=1",
+            "--workspace",
+            "--exclude",
+            "vpm-ebpf",
+            "--test",
+            "*",
         ])
+        .args(["--", "--test-threads=1"])
         .args(&opts.args);
     util::run(&mut privileged)?;
     eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());
@@ -81,6 +84,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             smoke: true,
         })?;
     }
-    eprintln!("xtask: benchmark smoke passes took {:.0?}", started.elapsed());
+    eprintln!(
+        "xtask: benchmark smoke passes took {:.0?}",
+        started.elapsed()
+    );
     Ok(())
 }
