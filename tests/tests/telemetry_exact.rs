@@ -204,8 +204,9 @@ fn concurrent_guests_are_counted_exactly_and_agree_with_perf() {
         }
     }
 
-    // Once they exited, the next tick prunes their entries from the maps.
+    // Once they exited, the tick after the one that finds them gone prunes them.
     monitor.tick(1.0).expect("tick");
+    monitor.tick(2.0).expect("tick");
     let snap = monitor.telemetry().snapshot().expect("snapshot");
     for pid in pids_after {
         assert!(

@@ -1,7 +1,7 @@
 //! Files vpm writes for other tools: atomic writes, rotation, and the forecast
 //! CSV format.
 //!
-//! Forecast CSV (`vpm forecast -o`, and `forecast-<unix time>.csv` from `vpm run`):
+//! Forecast CSV (`vpm forecast -o`, and `forecast-<unix time in ms>.csv` from `vpm run`):
 //! `generated_at,vm,resource,horizon_s,target_time,predicted,lower,upper,model,backtest_wape`,
 //! one row per (VM, resource, horizon). `generated_at` and `target_time` are unix
 //! seconds; `lower`/`upper` are the bounds of the calibrated central interval

@@ -47,6 +47,8 @@ pub struct Monitor {
     names: BTreeMap<u32, VmInfo>,
     clk_tck: u64,
     pruned_entries: u64,
+    /// Processes found gone in the last tick, forgotten in the next.
+    exited: Vec<u32>,
 }
 
 fn info_of(id: &VmIdentity) -> VmInfo {
@@ -70,6 +72,7 @@ impl Monitor {
             names: BTreeMap::new(),
             clk_tck: host::clock_ticks_per_second(),
             pruned_entries: 0,
+            exited: Vec::new(),
         })
     }
 
@@ -96,7 +99,8 @@ impl Monitor {
         self.pruned_entries
     }
 
-    /// The last snapshot read (cumulative counts of live processes).
+    /// Per key, the highest cumulative counts read so far (the base of the next
+    /// tick's differences).
     pub fn last_snapshot(&self) -> &Snapshot {
         &self.prev
     }
@@ -163,25 +167,27 @@ impl Monitor {
             vms.push(VmTick { info, delta, host });
         }
 
-        // Processes in the maps that no longer exist: their last counts are in
-        // this tick; now free their entries so the maps stay bounded.
-        let mut snap = snap;
-        let exited: Vec<u32> = snap
+        // Processes in the maps that no longer exist are forgotten one tick
+        // later: this tick's snapshot, read after they exited, holds their last
+        // events; the entries are freed after it so the maps stay bounded.
+        let to_forget = std::mem::take(&mut self.exited);
+        if !to_forget.is_empty() {
+            let removed = self.telemetry.forget(&snap, &to_forget)?;
+            self.pruned_entries += removed as u64;
+        }
+        self.exited = snap
             .tgids()
             .into_iter()
+            .filter(|t| !to_forget.contains(t))
             .filter(|t| gone.contains(t) || !self.opts.proc_root.join(t.to_string()).exists())
             .collect();
-        if !exited.is_empty() {
-            let removed = self.telemetry.forget(&snap, &exited)?;
-            self.pruned_entries += removed as u64;
-            for t in &exited {
-                snap.forget(*t);
-            }
+        self.prev.advance_to(&snap);
+        for t in &to_forget {
+            self.prev.forget(*t);
         }
-        for t in gone.iter().chain(exited.iter()) {
+        for t in gone.iter().chain(to_forget.iter()) {
             self.names.remove(t);
         }
-        self.prev = snap;
         Ok(Tick { at, vms })
     }
 }

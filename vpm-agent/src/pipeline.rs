@@ -129,7 +129,8 @@ impl Pipeline {
     pub fn forecast(&mut self) -> Vec<SeriesOutlook> {
         let mut budget = SelectionBudget::new(self.cfg.selections_per_export);
         let keys = self.store.keys();
-        self.tracked.retain(|k, _| keys.contains(k));
+        let live: std::collections::HashSet<&SeriesKey> = keys.iter().collect();
+        self.tracked.retain(|k, _| live.contains(k));
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(series) = self.store.series(&key.vm, &key.resource) else {

@@ -20,6 +20,10 @@ pub mod maps {
     /// `PerCpuArray<CacheSlot>` indexed by [`crate::EventKind`]: each CPU's most
     /// recent key of each kind, counted without a hash lookup.
     pub const CACHE: &str = "VPM_CACHE";
+    /// `Array<u64>` with one slot: the generation the agent bumps after it
+    /// removes entries of exited processes; cache slots of older generations
+    /// are not trusted on the hot path.
+    pub const GENERATION: &str = "VPM_GENERATION";
 }
 
 /// Capacity of [`maps::COUNTERS`]. The agent prunes entries of exited processes
@@ -115,13 +119,18 @@ const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 ///
 /// A busy vCPU hits the same (VM, kind, device) key over and over; the slot
 /// counts those hits with one array access instead of a hash lookup. On a miss
-/// the program writes the slot's totals back to [`maps::COUNTERS`] (only if the
-/// key is still there: the agent deletes keys of exited VMs) and loads the new
-/// key's totals from it, creating the entry first if needed, so every cached key
-/// has an entry in [`maps::COUNTERS`] and a slot's totals are never below that
-/// entry's value for the same CPU. The agent reads the slots *before* the hash
-/// and, per key and CPU, takes the larger of the two: the result never goes
-/// backwards between two reads.
+/// (another key, or a slot from an older [`maps::GENERATION`]) the program
+/// writes the slot's totals back to [`maps::COUNTERS`] (only if the key is still
+/// there: the agent deletes keys of exited VMs and then bumps the generation) and
+/// loads the new key's totals from it, creating the entry first if needed, so
+/// every trusted slot's key has an entry in [`maps::COUNTERS`] and its totals
+/// are never below that entry's value for the same CPU.
+///
+/// A miss rewrites the slot between two increments of `seq` (odd while it is
+/// being rewritten). The agent reads every slot, then the hash, then the slots
+/// again, and uses a slot only if its `seq` is even and unchanged: then the key
+/// and totals it read belong together. Per key and CPU it takes the larger of
+/// slot and hash, so a key's total never goes backwards between two reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheSlot {
@@ -129,8 +138,12 @@ pub struct CacheSlot {
     pub key: CounterKey,
     /// Cumulative totals of `key` on this CPU.
     pub value: Counter,
+    /// Rewrite counter: odd while a miss rewrites the slot.
+    pub seq: u64,
+    /// The [`maps::GENERATION`] the slot was loaded in.
+    pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<CacheSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<CacheSlot>() == 48);
 
 impl CacheSlot {
     /// The cached key, if the slot holds one.
@@ -191,7 +204,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HistKey {}
-    // SAFETY: as above (two 16-byte `repr(C)` structs, no padding).
+    // SAFETY: as above (two 16-byte `repr(C)` structs and two `u64`, no padding).
     unsafe impl aya::Pod for super::CacheSlot {}
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -30,6 +30,9 @@ static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
 
 #[map(name = "VPM_CACHE")]
 static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
+
+#[map(name = "VPM_GENERATION")]
+static GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "VPM_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -104,12 +107,22 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
     // kind, so nothing else writes this slot meanwhile.
     let slot = unsafe { &mut *slot };
     let tag = kind as u32 + 1;
-    if slot.key.kind == tag && slot.key.tgid == tgid && slot.key.device == device {
+    let generation = GENERATION.get(0).copied().unwrap_or(0);
+    if slot.key.kind == tag
+        && slot.key.tgid == tgid
+        && slot.key.device == device
+        && slot.generation == generation
+    {
         slot.value.count += 1;
         slot.value.bytes += bytes;
         return;
     }
-    // Miss: write the old key's totals back, if the agent has not removed it.
+    // Miss: rewrite the slot between two increments of `seq` (see `CacheSlot`).
+    // Volatile stores keep the compiler from moving the field writes across them.
+    let seq = slot.seq;
+    // SAFETY: `slot` is a valid, exclusive reference (see above).
+    unsafe { core::ptr::write_volatile(&mut slot.seq, seq | 1) };
+    // Write the old key's totals back, if the agent has not removed it.
     if let Some(old) = slot.cached_key() {
         let _ = COUNTERS.insert(&old, &slot.value, BPF_EXIST.into());
     }
@@ -118,8 +131,25 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
         kind: kind as u32,
         device,
     };
-    let Some(base) = load_or_create(&key) else {
-        slot.key.kind = 0;
+    let loaded = load_or_create(&key);
+    let (new_key, new_value) = match loaded {
+        Some(base) => (
+            CounterKey { kind: tag, ..key },
+            Counter {
+                count: base.count + 1,
+                bytes: base.bytes + bytes,
+            },
+        ),
+        None => (CounterKey::default(), Counter::default()),
+    };
+    // SAFETY: as above; volatile so these stores stay between the two `seq` stores.
+    unsafe {
+        core::ptr::write_volatile(&mut slot.key, new_key);
+        core::ptr::write_volatile(&mut slot.value, new_value);
+        core::ptr::write_volatile(&mut slot.generation, generation);
+        core::ptr::write_volatile(&mut slot.seq, (seq | 1) + 1);
+    }
+    if loaded.is_none() {
         let full = bump_stat(Stat::CounterMapFull);
         // Log rarely: the 1st, 2nd, 4th, 8th, … drop on this CPU.
         if full & (full.wrapping_sub(1)) == 0 {
@@ -128,13 +158,7 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
                 "VPM_COUNTERS is full: {} events dropped on this CPU", full
             );
         }
-        return;
-    };
-    slot.key = CounterKey { kind: tag, ..key };
-    slot.value = Counter {
-        count: base.count + 1,
-        bytes: base.bytes + bytes,
-    };
+    }
 }
 
 /// This CPU's totals of `key` in `VPM_COUNTERS`, creating the entry (zero) if

@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// Unix socket for `vpm top` and other clients (mode 0600).
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
-    /// Directory for telemetry CSV exports (`telemetry-<unix time>.csv`).
+    /// Directory for telemetry CSV exports (`telemetry-<unix time in ms>.csv`).
     #[arg(long, default_value = "/var/lib/vpm/exports", value_name = "DIR")]
     export_dir: PathBuf,
     /// How often a telemetry CSV file is written.
@@ -74,6 +74,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
+    // A baseline tick before anyone can connect: the first exported tick has a
+    // previous one to measure its rates against (the baseline's own events are
+    // the few since `Monitor::start`).
+    let base = monitor
+        .tick(unix_now())
+        .context("reading telemetry failed")?;
     let listener = server::bind(&args.socket)?;
     log::info!("serving on {}", args.socket.display());
     let shared = Arc::new(Mutex::new(server::Shared {
@@ -95,6 +101,10 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
         args.keep,
         args.collect.interval.as_secs_f64(),
     );
+    exporter.recent.push(base.clone());
+    if let Ok(mut s) = shared.lock() {
+        s.history.push(base);
+    }
     let forecaster = ForecastThread::start(
         Pipeline::new(pipeline_config(args)).context("starting the forecaster")?,
         args.export_dir.clone(),
@@ -102,12 +112,15 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
     )?;
     let mut next_export = tokio::time::Instant::now() + args.export_interval;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
+    use tokio::signal::unix::{SignalKind, signal};
+    // Both listeners live across iterations, so a signal that arrives during a
+    // tick is not missed.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let result = loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
         let tick = match monitor.tick(unix_now()) {
@@ -134,7 +147,17 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
         }
     };
     server.abort();
-    // Nothing collected is lost on the way out: the partial interval is exported too.
+    // Nothing collected is lost on the way out: a last tick, then the partial
+    // interval is exported too.
+    if result.is_ok() {
+        match monitor.tick(unix_now()) {
+            Ok(tick) => {
+                let at = tick.at;
+                forecaster.send(Msg::Rows(exporter.add(&tick), at));
+            }
+            Err(e) => log::error!("last tick: {:#}", anyhow::Error::new(e)),
+        }
+    }
     let t = unix_now();
     if let Err(e) = exporter.flush(t) {
         log::error!("{e:#}");
@@ -170,13 +193,15 @@ enum Msg {
 /// The store and forecasters run on their own thread: polars must not block
 /// the agent's async runtime, and a slow model selection must not delay ticks.
 struct ForecastThread {
-    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    tx: Option<std::sync::mpsc::SyncSender<Msg>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ForecastThread {
     fn start(mut pipeline: Pipeline, dir: PathBuf, keep: usize) -> anyhow::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        // Bounded: a forecaster that falls behind makes the agent drop work
+        // (said in the log), not grow without limit.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(256);
         let handle = std::thread::Builder::new()
             .name("vpm-forecast".into())
             .spawn(move || {
@@ -203,16 +228,27 @@ impl ForecastThread {
     }
 
     fn send(&self, msg: Msg) {
-        if let Some(tx) = &self.tx
-            && tx.send(msg).is_err()
-        {
-            log::error!("the forecasting thread stopped; forecasts are no longer exported");
+        use std::sync::mpsc::TrySendError;
+        if let Some(tx) = &self.tx {
+            match tx.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    log::warn!("the forecaster is behind; this tick's work was dropped")
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    log::error!("the forecasting thread stopped; forecasts are no longer exported")
+                }
+            }
         }
     }
 
     /// Exports a last time, then waits for the thread to finish.
     fn stop(mut self, t: f64) {
-        self.send(Msg::Export(t));
+        if let Some(tx) = &self.tx
+            && tx.send(Msg::Export(t)).is_err()
+        {
+            log::error!("the forecasting thread stopped before the last export");
+        }
         drop(self.tx.take());
         if let Some(h) = self.handle.take()
             && h.join().is_err()
@@ -242,7 +278,7 @@ fn export_forecasts(
         })
     });
     let bytes = write_forecast_csv(Vec::new(), rows).context("encoding forecasts")?;
-    let path = dir.join(format!("forecast-{}.csv", t as u64));
+    let path = dir.join(export_name("forecast-", t));
     vpm::export::write_atomic(&path, &bytes)?;
     log::debug!(
         "exported {} series' forecasts to {}",
@@ -251,6 +287,15 @@ fn export_forecasts(
     );
     vpm::export::rotate(dir, "forecast-", keep)?;
     Ok(())
+}
+
+/// Most telemetry rows held for the next export (≈ 100 MB at worst).
+const MAX_PENDING_ROWS: usize = 1_000_000;
+
+/// The file name of an export made at `t`: milliseconds, zero-padded, so two
+/// exports in one second do not collide and name order is time order.
+fn export_name(prefix: &str, t: f64) -> String {
+    format!("{prefix}{:014}.csv", (t * 1000.0) as u64)
 }
 
 /// Periodic telemetry CSV files in the export directory.
@@ -272,11 +317,22 @@ impl Exporter {
         }
     }
 
-    /// Adds a tick; returns its rows.
+    /// Adds a tick; returns its rows (none for the very first tick, which has
+    /// no previous tick to measure rates against).
     fn add(&mut self, tick: &Tick) -> Vec<long::Row> {
         let at = tick.at;
         self.recent.push(tick.clone());
-        let rows = self.recent.last_tick().report().long_rows(at);
+        let report = self.recent.last_tick().report();
+        if report.window_s <= 0.0 {
+            return Vec::new();
+        }
+        let rows = report.long_rows(at);
+        if self.rows.len() + rows.len() > MAX_PENDING_ROWS {
+            // Exports keep failing (disk full?): drop the oldest, say so.
+            let drop = (self.rows.len() + rows.len() - MAX_PENDING_ROWS).min(self.rows.len());
+            self.rows.drain(..drop);
+            log::warn!("telemetry export is behind: dropped the {drop} oldest unexported rows");
+        }
         self.rows.extend(rows.iter().cloned());
         rows
     }
@@ -291,7 +347,7 @@ impl Exporter {
         for row in &self.rows {
             w.write(row).context("encoding CSV")?;
         }
-        let path = self.dir.join(format!("telemetry-{}.csv", now as u64));
+        let path = self.dir.join(export_name("telemetry-", now));
         super::output::write_atomic(&path, &w.into_inner())
             .with_context(|| format!("exporting telemetry to {}", path.display()))?;
         log::debug!("exported {} rows to {}", self.rows.len(), path.display());

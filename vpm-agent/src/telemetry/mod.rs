@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
 use vpm_common::{CacheSlot, Counter, CounterKey, HistKey, KIND_COUNT, STAT_COUNT, Stat, maps};
@@ -264,14 +264,19 @@ impl Telemetry {
         }
         let mut snap = Snapshot::default();
         // The cache slots first, then the hash: see `CacheSlot`.
-        let slots = self.cache_slots()?;
-        let counters = self.counters_map()?;
-        for item in counters.iter() {
-            let (key, values) = item.map_err(|source| TelemetryError::Map {
+        let generation = self.generation()?;
+        let first = self.cache_slots()?;
+        let mut hash = Vec::new();
+        for item in self.counters_map()?.iter() {
+            hash.push(item.map_err(|source| TelemetryError::Map {
                 map: maps::COUNTERS,
                 op: "iterate",
                 source,
-            })?;
+            })?);
+        }
+        let second = self.cache_slots()?;
+        let slots = snapshot::trusted_slots(&first, &second, generation);
+        for (key, values) in hash {
             let kind_slots = slots.get(key.kind as usize).map_or(&[][..], Vec::as_slice);
             snap.counters
                 .insert(key, snapshot::merge_cpus(&key, &values, kind_slots));
@@ -332,7 +337,46 @@ impl Telemetry {
                 }
             }
         }
+        // Cache slots loaded before this point may hold removed keys: stop
+        // trusting them (see `CacheSlot`).
+        self.bump_generation()?;
         Ok(removed)
+    }
+
+    /// The current cache-slot generation.
+    fn generation(&self) -> Result<u64, TelemetryError> {
+        let map = self
+            .ebpf
+            .map(maps::GENERATION)
+            .ok_or(TelemetryError::MapMissing(maps::GENERATION))?;
+        let array = Array::<_, u64>::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::GENERATION,
+            op: "open",
+            source,
+        })?;
+        array.get(&0, 0).map_err(|source| TelemetryError::Map {
+            map: maps::GENERATION,
+            op: "read",
+            source,
+        })
+    }
+
+    fn bump_generation(&mut self) -> Result<(), TelemetryError> {
+        let next = self.generation()? + 1;
+        let map = self
+            .ebpf
+            .map_mut(maps::GENERATION)
+            .ok_or(TelemetryError::MapMissing(maps::GENERATION))?;
+        let mut array = Array::<_, u64>::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::GENERATION,
+            op: "open",
+            source,
+        })?;
+        array.set(0, next, 0).map_err(|source| TelemetryError::Map {
+            map: maps::GENERATION,
+            op: "write",
+            source,
+        })
     }
 
     /// The programs' own health counters, summed over CPUs, indexed by [`Stat`].

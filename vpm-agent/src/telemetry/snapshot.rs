@@ -51,6 +51,32 @@ impl ProcessDelta {
     }
 }
 
+/// The slots (`[kind][cpu]`) that may be merged: read before and after the
+/// hash with the same even `seq` (not rewritten meanwhile) and loaded in the
+/// current `generation`; any other slot is replaced by an empty one.
+pub fn trusted_slots(
+    first: &[Vec<CacheSlot>],
+    second: &[Vec<CacheSlot>],
+    generation: u64,
+) -> Vec<Vec<CacheSlot>> {
+    first
+        .iter()
+        .zip(second)
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    if x.seq % 2 == 0 && x.seq == y.seq && x.generation == generation {
+                        *x
+                    } else {
+                        CacheSlot::default()
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// This key's total over CPUs: per CPU, the hash's value, or the CPU's cache
 /// slot when it holds the same key (it is then at least the hash's value).
 ///
@@ -75,8 +101,10 @@ pub fn merge_cpus(key: &CounterKey, hash_per_cpu: &[Counter], slots: &[CacheSlot
 }
 
 fn sub(cur: u64, prev: u64) -> u64 {
-    // A counter that went down was recreated from zero (pid reuse after pruning).
-    if cur >= prev { cur - prev } else { cur }
+    // Keys are only removed by the agent, which removes them from `prev` too, so
+    // a key in both never restarts; a lower reading is a transiently stale view
+    // (an untrusted cache slot) and counts nothing until it passes `prev` again.
+    cur.saturating_sub(prev)
 }
 
 /// Differences from `prev` to `cur`, grouped by tgid. Keys only in `prev` (pruned)
@@ -87,11 +115,7 @@ pub fn diff(prev: &Snapshot, cur: &Snapshot) -> BTreeMap<u32, ProcessDelta> {
         let before = prev.counters.get(key).copied().unwrap_or_default();
         let delta = Counter {
             count: sub(now.count, before.count),
-            bytes: if now.count >= before.count {
-                sub(now.bytes, before.bytes)
-            } else {
-                now.bytes
-            },
+            bytes: sub(now.bytes, before.bytes),
         };
         let Some(kind) = EventKind::from_u32(key.kind) else {
             continue;
@@ -128,6 +152,20 @@ impl Snapshot {
         t.sort_unstable();
         t.dedup();
         t
+    }
+
+    /// Raises every counter to at least `newer`'s value (the high-water marks the
+    /// next [`diff`] subtracts), and adds keys only `newer` has.
+    pub fn advance_to(&mut self, newer: &Snapshot) {
+        for (k, v) in &newer.counters {
+            let e = self.counters.entry(*k).or_default();
+            e.count = e.count.max(v.count);
+            e.bytes = e.bytes.max(v.bytes);
+        }
+        for (k, v) in &newer.hist {
+            let e = self.hist.entry(*k).or_default();
+            *e = (*e).max(*v);
+        }
     }
 
     /// Drops every entry of `tgid` (after the agent removed them from the maps).
@@ -197,10 +235,43 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_that_went_down_restarted() {
+    fn a_stale_lower_reading_counts_nothing_and_is_never_counted_twice() {
         let a = key(9, EventKind::Msi, 0xfee0_0000);
-        let d = diff(&snap(&[(a, 100, 0)]), &snap(&[(a, 4, 0)]));
-        assert_eq!(d[&9].total(EventKind::Msi).count, 4);
+        let mut prev = snap(&[(a, 100, 0)]);
+        // A transiently lower reading (an untrusted slot): nothing.
+        let low = snap(&[(a, 60, 0)]);
+        assert!(diff(&prev, &low).is_empty());
+        prev.advance_to(&low);
+        // The written-back total comes back: only what is above 100 counts.
+        let back = snap(&[(a, 130, 0)]);
+        assert_eq!(diff(&prev, &back)[&9].total(EventKind::Msi).count, 30);
+    }
+
+    #[test]
+    fn only_consistent_current_slots_are_trusted() {
+        let k = key(1, EventKind::Pio, 0x80);
+        let good = CacheSlot {
+            seq: 4,
+            generation: 2,
+            ..slot(k, 10)
+        };
+        let rewriting = CacheSlot {
+            seq: 5,
+            generation: 2,
+            ..slot(k, 10)
+        };
+        let old_gen = CacheSlot {
+            seq: 4,
+            generation: 1,
+            ..slot(k, 10)
+        };
+        let first = vec![vec![good, rewriting, old_gen, good]];
+        let second = vec![vec![good, rewriting, old_gen, CacheSlot { seq: 6, ..good }]];
+        let t = trusted_slots(&first, &second, 2);
+        assert_eq!(t[0][0], good);
+        for (cpu, slot) in t[0].iter().enumerate().skip(1) {
+            assert_eq!(*slot, CacheSlot::default(), "cpu {cpu}");
+        }
     }
 
     #[test]
@@ -244,6 +315,8 @@ mod tests {
                 count,
                 bytes: count * 2,
             },
+            seq: 0,
+            generation: 0,
         }
     }
 
