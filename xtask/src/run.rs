@@ -20,7 +20,8 @@ pub struct Options {
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
     let mut build = util::cargo();
-    build.args(["build", "--package", "vpm-agent", "--bins"]);
+    // The same feature set as `cargo xtask test`, so the two share one build.
+    build.args(["build", "--workspace", "--exclude", "vpm-ebpf", "--bins"]);
     if opts.release {
         build.arg("--release");
     }
