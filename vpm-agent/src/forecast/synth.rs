@@ -2,26 +2,19 @@
 
 use super::DAY_S;
 
-/// SplitMix64: small, fast, good enough for test data.
+/// The trace generator's SplitMix64 with this module's seeding and its own
+/// normal and exponential draws (the streams the tests were written against).
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(crate::lab::tracegen::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Self(crate::lab::tracegen::Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15))
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
 
     /// Standard normal (Box–Muller).
