@@ -131,6 +131,26 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Runs `program args` and returns its trimmed stdout if it succeeds.
+pub fn capture(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The short commit hash of the checkout, `-dirty` when it has changes (for
+/// the benchmarks' BENCHMARKS.md sections).
+pub fn commit() -> String {
+    let Some(head) = capture("git", &["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    match capture("git", &["status", "--porcelain"]) {
+        Some(s) if !s.is_empty() => format!("{head}-dirty"),
+        _ => head,
+    }
+}
+
 /// This process's resident set size in bytes.
 pub fn self_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

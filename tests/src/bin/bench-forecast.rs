@@ -38,6 +38,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use vpm_tests::{capture, commit};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
@@ -1844,23 +1845,6 @@ fn trim_heap() {
 // ---------------------------------------------------------------------------
 // Markdown
 // ---------------------------------------------------------------------------
-
-fn capture(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn commit() -> String {
-    let Some(head) = capture("git", &["rev-parse", "--short", "HEAD"]) else {
-        return "unknown".to_owned();
-    };
-    match capture("git", &["status", "--porcelain"]) {
-        Some(s) if !s.is_empty() => format!("{head}-dirty"),
-        _ => head,
-    }
-}
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use vpm_tests::{capture, commit};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
@@ -390,23 +391,6 @@ fn fmt_signed(x: f64, step: f64) -> String {
         "0".to_owned()
     } else {
         format!("{r:.0}")
-    }
-}
-
-fn capture(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn commit() -> String {
-    let Some(head) = capture("git", &["rev-parse", "--short", "HEAD"]) else {
-        return "unknown".to_owned();
-    };
-    match capture("git", &["status", "--porcelain"]) {
-        Some(s) if !s.is_empty() => format!("{head}-dirty"),
-        _ => head,
     }
 }
 
