@@ -672,14 +672,8 @@ fn replay_vpm(
         .checked_sub(h + 1)
         .filter(|&l| l >= start && start > 0)
         .with_context(|| format!("{n} points are too few for a {h}-step horizon"))?;
-    let stride = (last - start + 1).div_ceil(opts.max_origins.max(1));
-    let scored: Vec<usize> = (start..=last).step_by(stride).collect();
-    let mut origins: Vec<usize> = (1..=opts.calibration_lead)
-        .rev()
-        .filter_map(|k| start.checked_sub(k * stride))
-        .collect();
-    let lead = origins.len();
-    origins.extend(&scored);
+    // The same origins as `forecast::evaluate`, so the replay can be checked against it.
+    let (origins, lead, _stride) = vpm::forecast::eval::origin_plan(start, last, opts);
     let mut prefix = Vec::with_capacity(n + 1);
     prefix.push(0.0);
     for (i, v) in values.iter().enumerate() {

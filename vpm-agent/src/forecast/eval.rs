@@ -215,6 +215,22 @@ pub fn evaluate(
     })
 }
 
+/// The origins an evaluation uses between the first scored origin `start` and
+/// the last `last`: up to `opts.max_origins` scored ones at a fixed stride,
+/// preceded by up to `opts.calibration_lead` unscored ones at the same stride.
+/// Returns (origins, how many lead ones come first, stride).
+pub fn origin_plan(start: usize, last: usize, opts: &EvalOptions) -> (Vec<usize>, usize, usize) {
+    let count = last.saturating_sub(start) + 1;
+    let stride = count.div_ceil(opts.max_origins.max(1));
+    let mut origins: Vec<usize> = (1..=opts.calibration_lead)
+        .rev()
+        .filter_map(|k| start.checked_sub(k * stride))
+        .collect();
+    let lead = origins.len();
+    origins.extend((start..=last).step_by(stride));
+    (origins, lead, stride)
+}
+
 fn evaluate_horizon(
     s: &Series<'_>,
     h: usize,
@@ -231,15 +247,7 @@ fn evaluate_horizon(
             horizon: h,
         });
     };
-    let count = last - start + 1;
-    let stride = count.div_ceil(opts.max_origins.max(1));
-    let scored: Vec<usize> = (start..=last).step_by(stride).collect();
-    let mut origins: Vec<usize> = (1..=opts.calibration_lead)
-        .rev()
-        .filter_map(|k| start.checked_sub(k * stride))
-        .collect();
-    let lead = origins.len();
-    origins.extend(&scored);
+    let (origins, lead, stride) = origin_plan(start, last, opts);
     let tau = fc.upper_level;
     let cap = fc.history_cap;
 
@@ -281,7 +289,7 @@ fn evaluate_horizon(
     let mut vpm = acc.finish("vpm".to_string(), Role::Selection, true);
     vpm.chosen_share = 1.0;
     let most = picks.iter().max_by_key(|(_, c)| *c).map(|(k, _)| *k);
-    let total = scored.len().max(1) as f64;
+    let total = (origins.len() - lead).max(1) as f64;
     for (kind, row) in &mut rows {
         row.chosen_share = picks
             .iter()
@@ -309,7 +317,7 @@ fn evaluate_horizon(
     models.push(vpm);
     Ok(HorizonEval {
         horizon_s: hs,
-        origins: scored.len(),
+        origins: origins.len() - lead,
         origin_stride: stride,
         models,
         best_baseline: best_baseline.map(|(m, _)| m),
