@@ -5,6 +5,7 @@
 
 mod bench;
 mod build_ebpf;
+mod lab;
 mod run;
 mod setup;
 mod test;
@@ -33,6 +34,9 @@ enum Command {
     Test(test::Options),
     /// Run a benchmark and write its section of BENCHMARKS.md.
     Bench(bench::Options),
+    /// Boot a Debian kernel in QEMU with an SR-IOV NVMe controller and run the
+    /// hardware tests (SR-IOV, VFIO, power states) inside it.
+    VmTest(lab::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::VmTest(opts) => lab::run(&opts),
     }
 }

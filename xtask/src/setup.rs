@@ -4,7 +4,8 @@
 //! - rustc 1.95 (its LLVM 22 must match bpf-linker's);
 //! - the `rust-src` component (the eBPF build compiles `core` for the BPF target);
 //! - LLVM 22 development packages and bpf-linker 0.13 built against them;
-//! - `linux-perf` (the tests' independent oracle and the benchmark's baseline).
+//! - `linux-perf` (the tests' independent oracle and the benchmark's baseline);
+//! - `qemu-system-x86`, `busybox-static`, `xz-utils` for the lab guest (`cargo xtask vm-test`).
 //!
 //! Each step checks first and only installs what is missing.
 
@@ -33,6 +34,10 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "linux-perf",
+    // The lab (`cargo xtask vm-test`): QEMU, the guest's busybox, xz for the kernel.
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
 ];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {

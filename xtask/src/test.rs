@@ -3,7 +3,8 @@
 //! 1. unit tests of every crate but the eBPF one (`cargo test --workspace --exclude vpm-ebpf --lib --bins`);
 //! 2. the privileged integration tests in `tests/` (root, /dev/kvm, BPF), one
 //!    at a time because they share the kernel's tracepoints;
-//! 3. a smoke pass of every benchmark (`cargo xtask bench <name> --smoke`).
+//! 3. the lab: the hardware tests in a QEMU guest (`cargo xtask vm-test`);
+//! 4. a smoke pass of every benchmark (`cargo xtask bench <name> --smoke`).
 //!
 //! A missing prerequisite fails loudly. `VPM_SKIP_PRIVILEGED=1` is the only way
 //! to skip step 2 (for a machine without KVM); it is said in the output.
@@ -74,6 +75,15 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .args(&opts.args);
     util::run(&mut privileged)?;
     eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());
+
+    // The hardware actions (SR-IOV, VFIO, power states) on a real kernel in QEMU.
+    let started = std::time::Instant::now();
+    crate::lab::run(&crate::lab::Options {
+        accel: crate::lab::Accel::Tcg,
+        timeout: 900,
+        args: Vec::new(),
+    })?;
+    eprintln!("xtask: lab guest tests took {:.0?}", started.elapsed());
 
     // A short smoke pass of every benchmark, so they keep working (figures are
     // not written: `cargo xtask bench <name>` does that).
