@@ -3,7 +3,7 @@
 //! This machine's kernel (and most CI hosts') has no SR-IOV device, no VFIO and no
 //! PCI power management to act on, so the lab boots Debian's stock kernel in QEMU
 //! with an emulated SR-IOV NVMe controller behind an IOMMU, and runs the guest-side
-//! tests (`tests/tests/lab.rs`, built with the `lab` feature of `vpm-tests`) inside it:
+//! tests (`tests/tests/lab_*.rs`, built with the `lab` feature of `vpm-tests`) inside it:
 //!
 //! 1. build the guest-side test binary and `vpm`;
 //! 2. fetch the kernel package `linux-image-amd64` depends on (cached by version,
@@ -60,8 +60,8 @@ const GUEST_MODULES: &[&str] = &[
     "ext4",
 ];
 
-/// The guest-side test target (a `[[test]]` of `vpm-tests` with `required-features = ["lab"]`).
-const LAB_TEST: &str = "lab";
+/// The guest-side test targets (`[[test]]`s of `vpm-tests` with `required-features = ["lab"]`).
+const LAB_TESTS: &[&str] = &["lab_hal", "lab_telemetry"];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
@@ -70,17 +70,22 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "the lab boots QEMU with a 9p share of the workspace: run `sudo -E cargo xtask vm-test`"
         );
     }
-    let exe = build_lab_test()?;
-    let mut script = String::from("export RUST_BACKTRACE=1 VPM_LAB=1\n");
-    script.push_str(&shell_quote(&exe.to_string_lossy()));
-    script.push_str(" --test-threads=1");
-    for arg in &opts.args {
-        script.push(' ');
-        script.push_str(&shell_quote(arg));
+    let exes = build_lab_tests()?;
+    // Every target runs, even after a failure; the first failing status is kept.
+    let mut script = String::from("export RUST_BACKTRACE=1 VPM_LAB=1\nstatus=0\n");
+    for exe in &exes {
+        script.push_str(&shell_quote(&exe.to_string_lossy()));
+        script.push_str(" --test-threads=1");
+        for arg in &opts.args {
+            script.push(' ');
+            script.push_str(&shell_quote(arg));
+        }
+        script.push_str(" || { rc=$?; [ $status -eq 0 ] && status=$rc; }\n");
     }
-    script.push('\n');
+    script.push_str("exit $status\n");
+    let bins: Vec<&Path> = exes.iter().map(PathBuf::as_path).collect();
     let status = run_in_guest(
-        &[exe.as_path()],
+        &bins,
         &script,
         opts.accel,
         Duration::from_secs(opts.timeout),
@@ -94,8 +99,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds `vpm` and the guest-side test binary; returns the test binary's path.
-fn build_lab_test() -> anyhow::Result<PathBuf> {
+/// Builds `vpm` and the guest-side test binaries; returns their paths.
+fn build_lab_tests() -> anyhow::Result<Vec<PathBuf>> {
     // The workspace feature set, as `cargo xtask test` uses, so nothing is rebuilt.
     util::run(util::cargo().args(["build", "--workspace", "--exclude", "vpm-ebpf", "--bins"]))?;
     let mut cmd = util::cargo();
@@ -107,12 +112,10 @@ fn build_lab_test() -> anyhow::Result<PathBuf> {
         "--features",
         "vpm-tests/lab",
     ])
-    .args([
-        "--test",
-        LAB_TEST,
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]);
+    .args(["--no-run", "--message-format=json-render-diagnostics"]);
+    for name in LAB_TESTS {
+        cmd.args(["--test", name]);
+    }
     eprintln!("xtask: $ {}", util::display(&cmd));
     let out = cmd
         .stderr(std::process::Stdio::inherit())
@@ -121,12 +124,20 @@ fn build_lab_test() -> anyhow::Result<PathBuf> {
     if !out.status.success() {
         bail!("building the lab tests failed");
     }
-    String::from_utf8_lossy(&out.stdout)
+    let messages: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["target"]["name"] == LAB_TEST && m["target"]["kind"][0] == "test")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo built no executable for the lab tests")
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    LAB_TESTS
+        .iter()
+        .map(|name| {
+            messages
+                .iter()
+                .filter(|m| m["target"]["name"] == *name && m["target"]["kind"][0] == "test")
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .with_context(|| format!("cargo built no executable for the lab test `{name}`"))
+        })
+        .collect()
 }
 
 /// Boots the lab guest, runs `script` (sh, in the workspace root) there and returns
