@@ -4,17 +4,23 @@
 //! eBPF programs; [`identity`] says which VM a process is; [`host`] reads
 //! per-VM host metrics; [`monitor`] joins them once a tick; [`report`] and
 //! [`history`] turn ticks into windows; [`store`] writes vpm's CSV format;
-//! [`api`] serves live inspection; [`lab`] holds the test VMM.
+//! [`api`] serves live inspection; [`lab`] holds the test VMM; [`hal`] reads
+//! and writes PCI sysfs and config space (SR-IOV, drivers, power), rooted at
+//! a path.
 pub mod api;
+pub mod executor;
 pub mod export;
 pub mod forecast;
+pub mod hal;
 pub mod history;
 pub mod host;
 pub mod identity;
+pub mod inventory;
 pub mod lab;
 pub mod monitor;
 pub mod offline;
 pub mod pipeline;
+pub mod policy;
 pub mod report;
 pub mod store;
 pub mod telemetry;

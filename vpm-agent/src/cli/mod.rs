@@ -1,8 +1,10 @@
 //! Command-line interface: one file per subcommand.
 
+mod devices;
 mod eval;
 mod forecast;
 mod output;
+mod pci;
 mod record;
 mod run;
 mod top;
@@ -33,6 +35,8 @@ use vpm::telemetry::LoadOptions;
   vpm run                                        the agent (socket + periodic CSV exports)
   vpm forecast -i samples.csv --horizon 60s -o forecast.csv
   vpm eval -i samples.csv --horizons 10s,60s --output json
+  vpm devices                                    PCI inventory: SR-IOV, power, IOMMU, holders
+  vpm pci set-vfs 0000:01:00.0 4                 dry run; add --apply to act
 
 The CSV and JSON formats are documented in the README."
 )]
@@ -61,6 +65,36 @@ enum Command {
     /// upper bound, under-provision rate and slack, and which model vpm's own
     /// selection picked (judged out of sample, not the best in hindsight).
     Eval(eval::EvalArgs),
+    /// PCI inventory (like `lspci -nn`): names, driver, SR-IOV VFs, power state,
+    /// IOMMU group, and which VM (process) holds each function through VFIO.
+    Devices(devices::DevicesArgs),
+    /// Act on a PCI device (VFs, park in D3hot, wake to D0) with vpm's safety
+    /// checks and the policy's allow-list; a dry run unless `--apply`.
+    Pci(pci::PciArgs),
+}
+
+/// Where the kernel's file systems are (hidden: for tests and containers).
+#[derive(Args, Clone)]
+pub struct RootArgs {
+    /// sysfs root.
+    #[arg(long, default_value = "/sys", value_name = "DIR", hide = true)]
+    pub sys_root: PathBuf,
+    /// procfs root.
+    #[arg(long, default_value = "/proc", value_name = "DIR", hide = true)]
+    pub proc_root: PathBuf,
+    /// devtmpfs root.
+    #[arg(long, default_value = "/dev", value_name = "DIR", hide = true)]
+    pub dev_root: PathBuf,
+}
+
+impl RootArgs {
+    fn roots(&self) -> vpm::executor::Roots {
+        vpm::executor::Roots {
+            sys: vpm::hal::Sysfs::new(&self.sys_root),
+            proc: self.proc_root.clone(),
+            dev: self.dev_root.clone(),
+        }
+    }
 }
 
 /// A telemetry file to read.
@@ -166,6 +200,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(&args),
         Command::Forecast(args) => forecast::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Devices(args) => devices::run(&args),
+        Command::Pci(args) => pci::run(&args),
     }
 }
 

@@ -1,0 +1,89 @@
+//! `vpm devices`: the PCI inventory, as readable as `lspci -nn`.
+
+use clap::{Args, ValueEnum};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use vpm::inventory::DeviceRow;
+
+use super::RootArgs;
+
+/// Output formats of `vpm devices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DevicesOutput {
+    /// A table, one line per function.
+    Table,
+    /// A JSON array, one object per function (fields as in the README).
+    Json,
+}
+
+/// Arguments of `vpm devices`.
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: DevicesOutput,
+    #[command(flatten)]
+    pub roots: RootArgs,
+}
+
+pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
+    let rows = vpm::inventory::list(&args.roots.roots())?;
+    let text = match args.output {
+        DevicesOutput::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+        DevicesOutput::Table => table(&rows),
+    };
+    super::output::emit(None, &text)
+}
+
+fn table(rows: &[DeviceRow]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "BDF", "DEVICE", "DRIVER", "SR-IOV", "POWER", "IOMMU", "HELD BY",
+        ]);
+    for r in rows {
+        let f = &r.function;
+        let device = format!(
+            "{} [{:04x}]: {} {} [{:04x}:{:04x}]",
+            r.class_name.as_deref().unwrap_or("Class"),
+            f.class >> 8,
+            r.vendor_name.as_deref().unwrap_or("vendor"),
+            r.device_name.as_deref().unwrap_or("device"),
+            f.vendor,
+            f.device
+        );
+        let sriov = match (&f.sriov, f.physfn) {
+            (Some(s), _) => format!("{}/{} VFs", s.num_vfs, s.total_vfs),
+            (None, Some(pf)) => format!("VF of {pf}"),
+            (None, None) => String::new(),
+        };
+        let power = [
+            f.power_state.as_ref().map(ToString::to_string),
+            f.runtime_status.as_ref().map(ToString::to_string),
+            f.power_control.as_ref().map(|c| format!("control={c}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+        let holders = r
+            .holders
+            .iter()
+            .map(|h| match &h.vm {
+                Some(vm) => format!("{vm} ({})", h.pid),
+                None => format!("{} ({})", h.comm, h.pid),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.add_row([
+            f.bdf.to_string(),
+            device,
+            f.driver.clone().unwrap_or_default(),
+            sriov,
+            power,
+            f.iommu_group.map(|g| g.to_string()).unwrap_or_default(),
+            holders,
+        ]);
+    }
+    format!("{t}\n")
+}

@@ -1,0 +1,100 @@
+//! `vpm pci`: the operator's device actions, with vpm's safety checks; dry run
+//! unless `--apply`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use vpm::executor::{Action, ApplyOptions, Report};
+use vpm::hal::Bdf;
+use vpm::policy::Policy;
+
+use super::RootArgs;
+
+/// Arguments of `vpm pci`.
+#[derive(Args)]
+pub struct PciArgs {
+    #[command(subcommand)]
+    command: PciCommand,
+    /// Carry the action out (without it vpm only says what it would do).
+    #[arg(long, global = true)]
+    apply: bool,
+    /// The policy file whose [devices] allow list says what vpm may touch.
+    #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
+    policy: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Longest a sysfs write may block (VF creation can take minutes on some drivers).
+    #[arg(long, global = true, default_value = "120s", value_parser = super::duration)]
+    write_timeout: Duration,
+    /// Longest to wait for the power state after park or wake.
+    #[arg(long, global = true, default_value = "10s", value_parser = super::duration)]
+    settle_timeout: Duration,
+    #[command(flatten)]
+    roots: RootArgs,
+}
+
+#[derive(Subcommand)]
+enum PciCommand {
+    /// Set a PF's number of SR-IOV VFs (a resize goes through 0; refused while
+    /// any of its VFs is open through VFIO).
+    SetVfs {
+        /// The physical function, DDDD:BB:DD.F.
+        bdf: Bdf,
+        /// The VF count wanted (0 removes them all).
+        count: u32,
+    },
+    /// Park an idle device: bind it to vfio-pci and let it idle into D3hot
+    /// (refused while it is open, used by the host, or its IOMMU group is unsafe).
+    Park {
+        /// The device, DDDD:BB:DD.F.
+        bdf: Bdf,
+    },
+    /// Wake a device to D0 (`power/control=on`) ahead of use.
+    Wake {
+        /// The device, DDDD:BB:DD.F.
+        bdf: Bdf,
+    },
+}
+
+pub fn run(args: &PciArgs) -> anyhow::Result<()> {
+    let policy = Policy::load(&args.policy)?;
+    // Without a policy file the guard refuses every action and says why.
+    let action = match args.command {
+        PciCommand::SetVfs { bdf, count } => Action::SetVfs { pf: bdf, count },
+        PciCommand::Park { bdf } => Action::Park { bdf },
+        PciCommand::Wake { bdf } => Action::Wake { bdf },
+    };
+    let opts = ApplyOptions {
+        write_timeout: args.write_timeout,
+        settle_timeout: args.settle_timeout,
+    };
+    let report = vpm::executor::execute(
+        &args.roots.roots(),
+        policy.as_ref(),
+        action,
+        args.apply,
+        &opts,
+    )?;
+    print(&report, args.json)
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    if report.applied {
+        println!("done: {}", report.action);
+    } else {
+        println!("dry run (add --apply to act): would {}", report.action);
+    }
+    for step in &report.steps {
+        match step.elapsed_ms {
+            Some(ms) => println!("  {} ({ms:.1} ms)", step.what),
+            None => println!("  {}", step.what),
+        }
+    }
+    Ok(())
+}

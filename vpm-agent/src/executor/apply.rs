@@ -1,0 +1,185 @@
+//! Carrying out one action through the HAL, with the steps it takes and their timings.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::action::Action;
+use super::facts::Facts;
+use super::guard::VFIO_DRIVER;
+use crate::hal::{HalError, PowerControl, PowerState, Sysfs};
+
+/// Limits for [`apply`].
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Longest a single sysfs write may block (VF creation can take minutes on some drivers).
+    pub write_timeout: Duration,
+    /// Longest to wait for a power state after changing `power/control`.
+    pub settle_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            write_timeout: crate::hal::DEFAULT_WRITE_TIMEOUT,
+            settle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One step of an action, planned or done.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// What the step does, for people.
+    pub what: String,
+    /// How long it took (`None` in a dry run).
+    pub elapsed_ms: Option<f64>,
+}
+
+impl Step {
+    fn planned(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            elapsed_ms: None,
+        }
+    }
+}
+
+/// Why an allowed action failed while being carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A sysfs read or write failed.
+    #[error(transparent)]
+    Hal(#[from] HalError),
+    /// The device did not reach the power state in time.
+    #[error(
+        "{bdf} did not reach {expected} within {after:?} (power_state is {seen}); \
+         check power/runtime_status and power/control"
+    )]
+    NotReached {
+        /// The device.
+        bdf: crate::hal::Bdf,
+        /// The state waited for.
+        expected: PowerState,
+        /// The state last seen.
+        seen: String,
+        /// How long vpm waited.
+        after: Duration,
+    },
+}
+
+/// The steps `action` takes on a device in the state `facts` describe.
+pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
+    let f = &facts.function;
+    match *action {
+        Action::SetVfs { pf, count } => {
+            let current = f.sriov.as_ref().map_or(0, |s| s.num_vfs);
+            if current == count {
+                vec![Step::planned(format!(
+                    "{pf}: sriov_numvfs is already {count}: nothing to do"
+                ))]
+            } else if current != 0 && count != 0 {
+                vec![
+                    Step::planned(format!(
+                        "{pf}: write 0 to sriov_numvfs (the kernel refuses {current} → {count} directly)"
+                    )),
+                    Step::planned(format!("{pf}: write {count} to sriov_numvfs")),
+                ]
+            } else {
+                vec![Step::planned(format!(
+                    "{pf}: write {count} to sriov_numvfs (now {current})"
+                ))]
+            }
+        }
+        Action::Park { bdf } => {
+            let mut out = Vec::new();
+            if f.driver.as_deref() != Some(VFIO_DRIVER) {
+                out.push(Step::planned(format!(
+                    "{bdf}: bind to {VFIO_DRIVER} (driver_override, unbind from {}, drivers_probe)",
+                    f.driver.as_deref().unwrap_or("no driver")
+                )));
+            }
+            out.push(Step::planned(format!(
+                "{bdf}: write auto to power/control, wait for D3hot"
+            )));
+            out
+        }
+        Action::Wake { bdf } => vec![Step::planned(format!(
+            "{bdf}: write on to power/control, wait for D0"
+        ))],
+    }
+}
+
+/// Carries out `action` (already checked by the guard) and returns the steps done.
+pub fn apply(
+    sys: &Sysfs,
+    action: &Action,
+    facts: &Facts,
+    opts: &ApplyOptions,
+) -> Result<Vec<Step>, ApplyError> {
+    let mut done = Vec::new();
+    let planned = steps(action, facts);
+    match *action {
+        Action::SetVfs { pf, count } => {
+            let started = Instant::now();
+            let change = sys.set_sriov_numvfs(pf, count, opts.write_timeout)?;
+            let what = planned
+                .iter()
+                .map(|s| s.what.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = change;
+            done.push(timed(what, started));
+        }
+        Action::Park { bdf } => {
+            if facts.function.driver.as_deref() != Some(VFIO_DRIVER) {
+                let started = Instant::now();
+                sys.bind_driver(bdf, VFIO_DRIVER, opts.write_timeout)?;
+                done.push(timed(planned[0].what.clone(), started));
+            }
+            let started = Instant::now();
+            sys.set_power_control(bdf, PowerControl::Auto, opts.write_timeout)?;
+            wait_for(sys, bdf, PowerState::D3Hot, opts.settle_timeout)?;
+            done.push(timed(format!("{bdf}: power/control=auto → D3hot"), started));
+        }
+        Action::Wake { bdf } => {
+            let started = Instant::now();
+            sys.set_power_control(bdf, PowerControl::On, opts.write_timeout)?;
+            wait_for(sys, bdf, PowerState::D0, opts.settle_timeout)?;
+            done.push(timed(format!("{bdf}: power/control=on → D0"), started));
+        }
+    }
+    Ok(done)
+}
+
+fn timed(what: String, started: Instant) -> Step {
+    Step {
+        what,
+        elapsed_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+    }
+}
+
+/// Polls `power_state` until it reads `expected`.
+pub fn wait_for(
+    sys: &Sysfs,
+    bdf: crate::hal::Bdf,
+    expected: PowerState,
+    timeout: Duration,
+) -> Result<Duration, ApplyError> {
+    let started = Instant::now();
+    loop {
+        let seen = sys.power_state(bdf)?;
+        if seen.as_ref() == Some(&expected) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() >= timeout {
+            return Err(ApplyError::NotReached {
+                bdf,
+                expected,
+                seen: seen.map_or_else(|| "absent".to_owned(), |s| s.to_string()),
+                after: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
