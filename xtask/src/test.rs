@@ -81,6 +81,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::lab::run(&crate::lab::Options {
         accel: crate::lab::Accel::Tcg,
         timeout: 900,
+        tests: Vec::new(),
         args: Vec::new(),
     })?;
     eprintln!("xtask: lab guest tests took {:.0?}", started.elapsed());

@@ -1,5 +1,5 @@
 //! The lab guest's kernel: Debian's current `linux-image-amd64` kernel, fetched with
-//! apt and cached by package version.
+//! apt and cached by package version (and the list of modules kept).
 //!
 //! The package is resolved at build time (`apt-cache depends linux-image-amd64`),
 //! never pinned, because Debian renames it with every kernel ABI bump. From it the
@@ -30,7 +30,11 @@ pub struct Kernel {
 pub fn prepare(cache: &Path, modules: &[&str]) -> anyhow::Result<Kernel> {
     let package = resolve_package()?;
     let version = candidate_version(&package)?;
-    let dir = cache.join(format!("{package}_{version}"));
+    // Keyed by the module list too: a new module means a new closure.
+    let dir = cache.join(format!(
+        "{package}_{version}_{:08x}",
+        fnv1a(&modules.join(","))
+    ));
     let ready = dir.join("ready");
     if let Ok(release) = std::fs::read_to_string(&ready) {
         eprintln!("xtask: lab kernel {package} {version}: cached");
@@ -144,6 +148,13 @@ fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// FNV-1a, 32 bits: a stable short key for the module list.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The module name as modprobe sees it (`vfio-pci.ko` → `vfio_pci`).
