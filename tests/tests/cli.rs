@@ -421,3 +421,101 @@ fn the_agent_serves_top_and_exports_telemetry_csv() {
         assert!(text.starts_with(header), "{name}: {text}");
     }
 }
+
+#[test]
+fn devices_lists_every_host_function() {
+    let out = vpm()
+        .args(["devices", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<String> = rows
+        .iter()
+        .map(|r| r["bdf"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sysfs: Vec<String> = std::fs::read_dir("/sys/bus/pci/devices")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    sysfs.sort();
+    assert_eq!(listed, sysfs);
+    for row in &rows {
+        let vendor = std::fs::read_to_string(format!(
+            "/sys/bus/pci/devices/{}/vendor",
+            row["bdf"].as_str().unwrap()
+        ))
+        .unwrap();
+        assert_eq!(
+            row["vendor"].as_u64(),
+            u64::from_str_radix(vendor.trim().trim_start_matches("0x"), 16).ok()
+        );
+    }
+    let table = vpm().arg("devices").output().unwrap();
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&sysfs[0]));
+}
+
+#[test]
+fn pci_actions_are_refused_without_policy_and_acting_needs_root() {
+    let bdf = std::fs::read_dir("/sys/bus/pci/devices")
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let out = vpm()
+        .args(["pci", "wake", &bdf, "--policy", "/nonexistent/policy.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no policy file") && err.contains("[devices] allow"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[devices]\nallow = [\"0000:00:00.0\"]\nextra = 1\n",
+    )
+    .unwrap();
+    let out = vpm()
+        .args(["pci", "wake", &bdf, "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 3") && err.contains("extra"),
+        "{err}"
+    );
+
+    std::fs::write(&policy, format!("[devices]\nallow = [\"{bdf}\"]\n")).unwrap();
+    // Readable by the unprivileged user below.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin("vpm"))
+        .args(["pci", "wake", &bdf, "--apply", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs root"), "{err}");
+}

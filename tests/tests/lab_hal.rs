@@ -163,13 +163,22 @@ fn vf_wake_park_wake_on_vfio_pci() {
     let (_dir, _path, policy) = policy_allowing(&[PF]);
     let roots = Roots::host();
     let opts = ApplyOptions::default();
+    let state_dir = tempfile::tempdir().unwrap();
+    let (mut journal, _) = executor::Journal::open(state_dir.path()).unwrap();
 
     s.bind_driver(vf, "vfio-pci", WRITE).unwrap();
     assert_eq!(s.driver(vf).unwrap().as_deref(), Some("vfio-pci"));
 
     // Wake: D0, and it holds (runtime PM would otherwise idle it within ~1 s).
-    let wake =
-        executor::execute(&roots, Some(&policy), Action::Wake { bdf: vf }, true, &opts).unwrap();
+    let wake = executor::execute(
+        &roots,
+        Some(&policy),
+        Action::Wake { bdf: vf },
+        true,
+        &opts,
+        Some(&mut journal),
+    )
+    .unwrap();
     assert!(wake.applied);
     assert_eq!(s.power_control(vf).unwrap(), Some(PowerControl::On));
     let held_since = Instant::now();
@@ -180,8 +189,15 @@ fn vf_wake_park_wake_on_vfio_pci() {
     }
 
     // Park: D3hot, seen by the kernel and in PMCSR.
-    let park =
-        executor::execute(&roots, Some(&policy), Action::Park { bdf: vf }, true, &opts).unwrap();
+    let park = executor::execute(
+        &roots,
+        Some(&policy),
+        Action::Park { bdf: vf },
+        true,
+        &opts,
+        Some(&mut journal),
+    )
+    .unwrap();
     assert!(park.applied);
     assert_eq!(s.power_control(vf).unwrap(), Some(PowerControl::Auto));
     assert_eq!(
@@ -194,8 +210,39 @@ fn vf_wake_park_wake_on_vfio_pci() {
     );
 
     // Wake again: D0.
-    executor::execute(&roots, Some(&policy), Action::Wake { bdf: vf }, true, &opts).unwrap();
+    executor::execute(
+        &roots,
+        Some(&policy),
+        Action::Wake { bdf: vf },
+        true,
+        &opts,
+        Some(&mut journal),
+    )
+    .unwrap();
     assert_eq!(power(vf), (Some(PowerState::D0), Some(PowerState::D0)));
+
+    // Every action journaled: intent, then the read-back.
+    drop(journal);
+    let (_, entries) = executor::Journal::open(state_dir.path()).unwrap();
+    let phases: Vec<_> = entries.iter().map(|e| (e.seq, e.phase)).collect();
+    use executor::journal::Phase::{Done, Intent};
+    assert_eq!(
+        phases,
+        vec![
+            (0, Intent),
+            (0, Done),
+            (1, Intent),
+            (1, Done),
+            (2, Intent),
+            (2, Done)
+        ]
+    );
+    let last = entries[5].state.as_ref().unwrap();
+    assert_eq!(last.power_state.as_deref(), Some("D0"));
+    assert_eq!(
+        entries[3].state.as_ref().unwrap().power_state.as_deref(),
+        Some("D3hot")
+    );
 
     s.set_power_control(vf, PowerControl::Auto, WRITE).unwrap();
     s.set_sriov_numvfs(pf(), 0, WRITE).unwrap();
@@ -228,6 +275,7 @@ fn a_vf_open_through_vfio_blocks_numvfs_changes_and_parking() {
             Action::SetVfs { pf: pf(), count },
             true,
             &opts,
+            None,
         ));
         assert!(
             r.iter().any(|r| matches!(r, Refusal::VfsHeld { held, .. } if held.iter().any(|(b, h)| *b == vf && h.iter().any(|h| h.pid == me)))),
@@ -240,6 +288,7 @@ fn a_vf_open_through_vfio_blocks_numvfs_changes_and_parking() {
         Action::Park { bdf: vf },
         true,
         &opts,
+        None,
     ));
     assert!(r.iter().any(|r| matches!(r, Refusal::Held { .. })), "{r:?}");
     assert_eq!(
@@ -282,6 +331,7 @@ fn a_vf_open_through_vfio_blocks_numvfs_changes_and_parking() {
         Action::SetVfs { pf: pf(), count: 0 },
         true,
         &opts,
+        None,
     )
     .unwrap();
     assert_eq!(s.function(pf()).unwrap().sriov.unwrap().num_vfs, 0);
@@ -372,6 +422,7 @@ fn host_use_iommu_group_and_allow_list_checks_refuse() {
         Action::Park { bdf: blk },
         true,
         &opts,
+        None,
     ));
     assert!(r.iter().any(|r| matches!(r, Refusal::HostInUse { uses, .. } if format!("{uses:?}").contains("/mnt/lab"))), "{r:?}");
     assert!(r.iter().any(|r| matches!(r, Refusal::GroupUnsafe { members, .. } if members.iter().any(|m| m.bdf == net))), "{r:?}");
@@ -381,6 +432,7 @@ fn host_use_iommu_group_and_allow_list_checks_refuse() {
         Action::Park { bdf: net },
         true,
         &opts,
+        None,
     ));
     assert!(r.iter().any(|r| matches!(r, Refusal::HostInUse { uses, .. } if format!("{uses:?}").contains(&ifname))), "{r:?}");
 
@@ -392,6 +444,7 @@ fn host_use_iommu_group_and_allow_list_checks_refuse() {
         Action::Park { bdf: blk },
         true,
         &opts,
+        None,
     ));
     assert_eq!(r.len(), 1, "{r:?}");
     assert!(matches!(r[0], Refusal::GroupUnsafe { .. }), "{r:?}");
@@ -409,6 +462,7 @@ fn host_use_iommu_group_and_allow_list_checks_refuse() {
         Action::Wake { bdf: blk },
         true,
         &opts,
+        None,
     ));
     assert_eq!(r, vec![Refusal::NotAllowed { bdf: blk }]);
     let r = refusals(executor::execute(
@@ -417,6 +471,7 @@ fn host_use_iommu_group_and_allow_list_checks_refuse() {
         Action::Wake { bdf: blk },
         true,
         &opts,
+        None,
     ));
     assert_eq!(r, vec![Refusal::NoPolicy]);
 }

@@ -1,4 +1,4 @@
-//! Parsing of human units on the command line (`10s`, `500ms`, `2m`).
+//! Human units on the command line (`10s`, `500ms`, `2m`) and the wall clock.
 
 use std::time::Duration;
 
@@ -36,6 +36,14 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         return Err(err());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Current wall-clock time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]

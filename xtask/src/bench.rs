@@ -6,6 +6,9 @@
 //! `cargo xtask bench forecast` builds `bench-forecast` in release (the figures
 //! are timings of optimized code), runs it (no privileges needed) and replaces
 //! the `## forecast` section.
+//! `cargo xtask bench hal` boots the lab guest (see `cargo xtask vm-test`) and runs
+//! `bench-hal` inside it: the latency of each device action on a real kernel; it
+//! replaces the `## hal` section.
 //! `--smoke` is CI's short pass: the same checks on a small workload, printed
 //! only, BENCHMARKS.md untouched.
 
@@ -27,7 +30,7 @@ pub struct Options {
 }
 
 /// The benchmarks there are.
-pub const BENCHMARKS: &[&str] = &["telemetry", "forecast"];
+pub const BENCHMARKS: &[&str] = &["telemetry", "forecast", "hal"];
 
 const BENCHMARKS_FILE: &str = "BENCHMARKS.md";
 
@@ -39,6 +42,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     match opts.name.as_str() {
         "telemetry" => telemetry(opts.smoke),
         "forecast" => forecast(opts.smoke),
+        "hal" => hal(opts.smoke),
         other => bail!(
             "unknown benchmark `{other}`; known: {}",
             BENCHMARKS.join(", ")
@@ -85,6 +89,69 @@ fn telemetry(smoke: bool) -> anyhow::Result<()> {
     run_and_write("telemetry", bench, smoke)
 }
 
+fn hal(smoke: bool) -> anyhow::Result<()> {
+    crate::setup::run(&crate::setup::Options { check: true })?;
+    if !is_root() {
+        bail!("the hal bench boots the lab guest: run `sudo -E cargo xtask bench hal`");
+    }
+    util::run(util::cargo().args(["build", "--workspace", "--exclude", "vpm-ebpf", "--bins"]))?;
+    let bin = target_dir().join("debug").join("bench-hal");
+    let commit = util::output(Command::new("git").args(["rev-parse", "--short", "HEAD"]))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = util::output(Command::new("git").args(["status", "--porcelain"]))
+        .is_some_and(|s| !s.trim().is_empty());
+    let commit = if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| {
+                    l.strip_prefix("model name")
+                        .and_then(|r| r.split(':').nth(1))
+                })
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_default();
+    let command = if smoke {
+        "cargo xtask bench hal --smoke"
+    } else {
+        "cargo xtask bench hal"
+    };
+    write_section("hal", smoke, |section_file| {
+        let mut script = format!(
+            "export VPM_LAB=1\n{} --markdown {} --commit {} --command '{command}' --date '{date}' --host 'QEMU TCG on {}'",
+            bin.display(),
+            section_file.display(),
+            commit,
+            cpu.replace('\'', ""),
+        );
+        if smoke {
+            script.push_str(" --smoke");
+        }
+        script.push('\n');
+        let status = crate::lab::run_in_guest(
+            &[bin.as_path()],
+            &script,
+            crate::lab::Accel::Tcg,
+            std::time::Duration::from_secs(900),
+        )?;
+        if status != 0 {
+            bail!(
+                "bench-hal failed in the lab guest (exit status {status}; serial log: target/lab/serial.log)"
+            );
+        }
+        Ok(())
+    })
+}
+
 fn forecast(smoke: bool) -> anyhow::Result<()> {
     // Release for the figures: they are timings (throughput, the agent's CPU)
     // of the forecasting code, which the dev profile leaves unoptimized (only
@@ -127,6 +194,21 @@ fn target_dir() -> PathBuf {
 /// BENCHMARKS.md with it.
 fn run_and_write(name: &str, mut bench: Command, smoke: bool) -> anyhow::Result<()> {
     let root = util::workspace_root();
+    write_section(name, smoke, |section_file| {
+        bench.current_dir(&root).arg("--markdown").arg(section_file);
+        util::run(&mut bench)
+    })
+}
+
+/// Runs `produce`, which writes the `## {name}` Markdown section to the file it
+/// is given, prints the section, and (unless `smoke`) replaces that section of
+/// BENCHMARKS.md with it.
+fn write_section(
+    name: &str,
+    smoke: bool,
+    produce: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let root = util::workspace_root();
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let section_file = out_dir.join(format!("{name}.md"));
@@ -136,11 +218,7 @@ fn run_and_write(name: &str, mut bench: Command, smoke: bool) -> anyhow::Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", section_file.display())),
     }
-    bench
-        .current_dir(&root)
-        .arg("--markdown")
-        .arg(&section_file);
-    util::run(&mut bench)?;
+    produce(&section_file)?;
     let section = std::fs::read_to_string(&section_file)
         .with_context(|| format!("reading {}", section_file.display()))?;
     print!("{section}");

@@ -207,10 +207,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Current wall-clock time in unix seconds.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    vpm::units::unix_now()
 }
 
 /// Sleeps until `deadline`, returning early when `stop` is set.

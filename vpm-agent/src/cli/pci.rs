@@ -28,6 +28,9 @@ pub struct PciArgs {
     /// Longest a sysfs write may block (VF creation can take minutes on some drivers).
     #[arg(long, global = true, default_value = "120s", value_parser = super::duration)]
     write_timeout: Duration,
+    /// vpm's state directory: the journal of applied actions lives there.
+    #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
     /// Longest to wait for the power state after park or wake.
     #[arg(long, global = true, default_value = "10s", value_parser = super::duration)]
     settle_timeout: Duration,
@@ -70,12 +73,32 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
         write_timeout: args.write_timeout,
         settle_timeout: args.settle_timeout,
     };
+    let roots = args.roots.roots();
+    // Acting is journaled; an action a crash interrupted is resolved first.
+    vpm::executor::check_privileges(action, args.apply)?;
+    let mut journal = None;
+    if args.apply {
+        let (mut j, entries) = vpm::executor::Journal::open(&args.state_dir)?;
+        for i in j.reconcile(&entries, &roots.sys, vpm::units::unix_now())? {
+            eprintln!(
+                "vpm: journal: `{}` was interrupted by a restart; it {}",
+                i.intent.action,
+                if i.took_effect {
+                    "had taken effect"
+                } else {
+                    "had not taken effect (not re-applied)"
+                }
+            );
+        }
+        journal = Some(j);
+    }
     let report = vpm::executor::execute(
-        &args.roots.roots(),
+        &roots,
         policy.as_ref(),
         action,
         args.apply,
         &opts,
+        journal.as_mut(),
     )?;
     print(&report, args.json)
 }

@@ -9,6 +9,7 @@ pub mod action;
 pub mod apply;
 pub mod facts;
 pub mod guard;
+pub mod journal;
 
 use serde::Serialize;
 
@@ -16,6 +17,7 @@ pub use action::Action;
 pub use apply::{ApplyError, ApplyOptions, Step};
 pub use facts::{Facts, Roots};
 pub use guard::Refusal;
+pub use journal::{Journal, JournalError};
 
 use crate::hal::HalError;
 use crate::policy::Policy;
@@ -59,6 +61,10 @@ pub enum ExecuteError {
         /// Every rule it breaks.
         refusals: Vec<Refusal>,
     },
+    /// The journal could not record the action (nothing was done if the
+    /// intent could not be written).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// Carrying it out failed.
     #[error("{action} failed: {source}")]
     Failed {
@@ -71,17 +77,17 @@ pub enum ExecuteError {
 }
 
 /// Checks `action` against the safety rules and carries it out when `apply`
-/// (else only says what it would do).
+/// (else only says what it would do). With a journal, an applied action is
+/// journaled before (intent) and after (read-back or failure).
 pub fn execute(
     roots: &Roots,
     policy: Option<&Policy>,
     action: Action,
     apply: bool,
     opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
 ) -> Result<Report, ExecuteError> {
-    if apply && !effective_root() {
-        return Err(ExecuteError::NotRoot { action });
-    }
+    check_privileges(action, apply)?;
     let bdf = action.target();
     let facts =
         facts::gather(roots, policy, bdf).map_err(|source| ExecuteError::Facts { bdf, source })?;
@@ -96,13 +102,45 @@ pub fn execute(
             steps: apply::steps(&action, &facts),
         });
     }
-    let steps = apply::apply(&roots.sys, &action, &facts, opts)
-        .map_err(|source| ExecuteError::Failed { action, source })?;
+    let Some(journal) = journal else {
+        let steps = apply::apply(&roots.sys, &action, &facts, opts)
+            .map_err(|source| ExecuteError::Failed { action, source })?;
+        return Ok(Report {
+            action,
+            applied: true,
+            steps,
+        });
+    };
+    let seq = journal.intent(crate::units::unix_now(), action)?;
+    let result = apply::apply(&roots.sys, &action, &facts, opts);
+    let state = journal::DeviceState::read(&roots.sys, bdf).ok();
+    let (phase, note) = match &result {
+        Ok(_) => (journal::Phase::Done, None),
+        Err(e) => (journal::Phase::Failed, Some(e.to_string())),
+    };
+    journal.append(&journal::Entry {
+        seq,
+        time: crate::units::unix_now(),
+        phase,
+        action,
+        state,
+        note,
+    })?;
+    let steps = result.map_err(|source| ExecuteError::Failed { action, source })?;
     Ok(Report {
         action,
         applied: true,
         steps,
     })
+}
+
+/// Acting (`apply`) needs root: holders in other users' processes are invisible
+/// otherwise, so the safety rules could not be trusted.
+pub fn check_privileges(action: Action, apply: bool) -> Result<(), ExecuteError> {
+    if apply && !effective_root() {
+        return Err(ExecuteError::NotRoot { action });
+    }
+    Ok(())
 }
 
 /// Whether the process runs as root (holders of other users' processes are
