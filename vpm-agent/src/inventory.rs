@@ -3,9 +3,7 @@
 
 use serde::Serialize;
 
-use crate::executor::Roots;
-use crate::executor::facts::{HolderInfo, holders_of};
-use crate::hal::{HalError, PciFunction};
+use crate::hal::{HalError, HolderInfo, PciBackend, PciFunction};
 
 /// One PCI function as `vpm devices` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -41,14 +39,14 @@ pub fn names(
     (vendor_name, device_name, class_name)
 }
 
-/// Every PCI function under `roots`, with names and holders.
-pub fn list(roots: &Roots) -> Result<Vec<DeviceRow>, HalError> {
+/// Every PCI function of `backend`, with names and holders.
+pub fn list(backend: &dyn PciBackend) -> Result<Vec<DeviceRow>, HalError> {
     let mut rows = Vec::new();
-    for bdf in roots.sys.functions()? {
-        let function = roots.sys.function(bdf)?;
+    for bdf in backend.functions()? {
+        let function = backend.function(bdf)?;
         let (vendor_name, device_name, class_name) =
             names(function.vendor, function.device, function.class);
-        let holders = holders_of(roots, &function)?;
+        let holders = backend.holders(&function)?;
         rows.push(DeviceRow {
             function,
             vendor_name,

@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         let (device, d) = timed(|| {
             let device = vpm_tests::vfio::VfioDevice::open(&vf.to_string())?;
             // Opening resumes the device; wait until the kernel says D0.
-            executor::apply::wait_for(&sys, vf, PowerState::D0, TIMEOUT)?;
+            executor::apply::wait_for(&roots, vf, PowerState::D0, TIMEOUT)?;
             Ok(device)
         })?;
         samples[6].push(d);

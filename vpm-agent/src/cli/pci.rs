@@ -79,7 +79,7 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
     let mut journal = None;
     if args.apply {
         let (mut j, entries) = vpm::executor::Journal::open(&args.state_dir)?;
-        for i in j.reconcile(&entries, &roots.sys, vpm::units::unix_now())? {
+        for i in j.reconcile(&entries, &roots, vpm::units::unix_now())? {
             eprintln!(
                 "vpm: journal: `{}` was interrupted by a restart; it {}",
                 i.intent.action,

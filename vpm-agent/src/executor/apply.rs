@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::action::Action;
 use super::facts::Facts;
 use super::guard::VFIO_DRIVER;
-use crate::hal::{HalError, PowerControl, PowerState, Sysfs};
+use crate::hal::{HalError, PciBackend, PowerControl, PowerState};
 
 /// Limits for [`apply`].
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +112,7 @@ pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
 
 /// Carries out `action` (already checked by the guard) and returns the steps done.
 pub fn apply(
-    sys: &Sysfs,
+    sys: &dyn PciBackend,
     action: &Action,
     facts: &Facts,
     opts: &ApplyOptions,
@@ -161,7 +161,7 @@ fn timed(what: String, started: Instant) -> Step {
 
 /// Polls `power_state` until it reads `expected`.
 pub fn wait_for(
-    sys: &Sysfs,
+    sys: &dyn PciBackend,
     bdf: crate::hal::Bdf,
     expected: PowerState,
     timeout: Duration,

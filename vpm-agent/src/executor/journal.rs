@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::action::Action;
-use crate::hal::{Bdf, HalError, PowerControl, PowerState, Sysfs};
+use crate::hal::{Bdf, HalError, PciBackend, PowerControl, PowerState};
 
 /// vpm's default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vpm/state";
@@ -62,7 +62,7 @@ pub struct DeviceState {
 
 impl DeviceState {
     /// Reads the state of `bdf` from sysfs.
-    pub fn read(sys: &Sysfs, bdf: Bdf) -> Result<Self, HalError> {
+    pub fn read(sys: &dyn PciBackend, bdf: Bdf) -> Result<Self, HalError> {
         let f = sys.function(bdf)?;
         Ok(Self {
             num_vfs: f.sriov.map(|s| s.num_vfs),
@@ -220,7 +220,7 @@ impl Journal {
     pub fn reconcile(
         &mut self,
         entries: &[Entry],
-        sys: &Sysfs,
+        sys: &dyn PciBackend,
         time: f64,
     ) -> Result<Vec<Interrupted>, JournalError> {
         let mut found = Vec::new();
@@ -309,6 +309,7 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hal::Roots;
     use crate::hal::testtree::Tree;
 
     fn bdf(s: &str) -> Bdf {
@@ -384,7 +385,12 @@ mod tests {
         .unwrap();
         drop(j);
         let (mut j, entries) = Journal::open(dir.path()).unwrap();
-        let found = j.reconcile(&entries, &tree.sysfs, 10.0).unwrap();
+        let roots = Roots {
+            sys: tree.sysfs.clone(),
+            proc: tree.dir.path().join("proc"),
+            dev: tree.dir.path().join("dev"),
+        };
+        let found = j.reconcile(&entries, &roots, 10.0).unwrap();
         assert_eq!(found.len(), 3);
         assert!(found[0].took_effect);
         assert!(!found[1].took_effect);
@@ -398,6 +404,6 @@ mod tests {
         // Reconciled once: a second start finds nothing.
         drop(j);
         let (mut j, entries) = Journal::open(dir.path()).unwrap();
-        assert!(j.reconcile(&entries, &tree.sysfs, 11.0).unwrap().is_empty());
+        assert!(j.reconcile(&entries, &roots, 11.0).unwrap().is_empty());
     }
 }

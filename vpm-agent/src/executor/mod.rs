@@ -19,7 +19,7 @@ pub use facts::{Facts, Roots};
 pub use guard::Refusal;
 pub use journal::{Journal, JournalError};
 
-use crate::hal::HalError;
+use crate::hal::{HalError, PciBackend};
 use crate::policy::Policy;
 
 /// What [`execute`] did or would do.
@@ -80,7 +80,7 @@ pub enum ExecuteError {
 /// (else only says what it would do). With a journal, an applied action is
 /// journaled before (intent) and after (read-back or failure).
 pub fn execute(
-    roots: &Roots,
+    backend: &dyn PciBackend,
     policy: Option<&Policy>,
     action: Action,
     apply: bool,
@@ -88,9 +88,22 @@ pub fn execute(
     journal: Option<&mut Journal>,
 ) -> Result<Report, ExecuteError> {
     check_privileges(action, apply)?;
+    execute_on(backend, policy, action, apply, opts, journal)
+}
+
+/// [`execute`] without the privilege check, for backends that need none (the
+/// simulated PCI system of the demo and tests).
+pub fn execute_on(
+    backend: &dyn PciBackend,
+    policy: Option<&Policy>,
+    action: Action,
+    apply: bool,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+) -> Result<Report, ExecuteError> {
     let bdf = action.target();
-    let facts =
-        facts::gather(roots, policy, bdf).map_err(|source| ExecuteError::Facts { bdf, source })?;
+    let facts = facts::gather(backend, policy, bdf)
+        .map_err(|source| ExecuteError::Facts { bdf, source })?;
     let refusals = guard::check(&action, &facts);
     if !refusals.is_empty() {
         return Err(ExecuteError::Refused { action, refusals });
@@ -103,7 +116,7 @@ pub fn execute(
         });
     }
     let Some(journal) = journal else {
-        let steps = apply::apply(&roots.sys, &action, &facts, opts)
+        let steps = apply::apply(backend, &action, &facts, opts)
             .map_err(|source| ExecuteError::Failed { action, source })?;
         return Ok(Report {
             action,
@@ -112,8 +125,8 @@ pub fn execute(
         });
     };
     let seq = journal.intent(crate::units::unix_now(), action)?;
-    let result = apply::apply(&roots.sys, &action, &facts, opts);
-    let state = journal::DeviceState::read(&roots.sys, bdf).ok();
+    let result = apply::apply(backend, &action, &facts, opts);
+    let state = journal::DeviceState::read(backend, bdf).ok();
     let (phase, note) = match &result {
         Ok(_) => (journal::Phase::Done, None),
         Err(e) => (journal::Phase::Failed, Some(e.to_string())),
@@ -148,4 +161,156 @@ pub fn check_privileges(action: Action, apply: bool) -> Result<(), ExecuteError>
 fn effective_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::journal::Phase;
+    use super::*;
+    use crate::hal::sim::{SimFault, SimOp, SimPci};
+    use crate::hal::{Bdf, HolderInfo};
+
+    fn bdf(s: &str) -> Bdf {
+        s.parse().unwrap()
+    }
+
+    fn setup() -> (SimPci, Policy, ApplyOptions, Bdf) {
+        let sim = SimPci::new();
+        let pf = bdf("0000:01:00.0");
+        sim.add_pf(pf, 4, Some("nvme"));
+        let policy =
+            Policy::parse("[devices]\nallow = [\"0000:01:00.0\"]\n", "t".as_ref()).unwrap();
+        let opts = ApplyOptions {
+            write_timeout: Duration::from_secs(1),
+            settle_timeout: Duration::from_millis(50),
+        };
+        (sim, policy, opts, pf)
+    }
+
+    fn run(
+        sim: &SimPci,
+        policy: &Policy,
+        opts: &ApplyOptions,
+        journal: &mut Journal,
+        action: Action,
+    ) -> Result<Report, ExecuteError> {
+        execute_on(sim, Some(policy), action, true, opts, Some(journal))
+    }
+
+    #[test]
+    fn ebusy_mid_plan_fails_that_action_only_and_is_journaled() {
+        let (sim, policy, opts, pf) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 2 },
+        )
+        .unwrap();
+        sim.inject(SimOp::SetNumVfs, Some(pf), SimFault::Errno(libc::EBUSY));
+        let err = run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 4 },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("EBUSY"), "{err}");
+        // The plan goes on: the next action works.
+        let vf = bdf("0000:01:00.1");
+        run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
+        drop(j);
+        let (_, entries) = Journal::open(dir.path()).unwrap();
+        let phases: Vec<Phase> = entries.iter().map(|e| e.phase).collect();
+        assert_eq!(
+            phases,
+            vec![
+                Phase::Intent,
+                Phase::Done,
+                Phase::Intent,
+                Phase::Failed,
+                Phase::Intent,
+                Phase::Done
+            ]
+        );
+        // The failed entry says what the PF was left with: the EBUSY hit the
+        // first write (0), so it kept its 2 VFs.
+        assert_eq!(entries[3].state.as_ref().unwrap().num_vfs, Some(2));
+        assert!(entries[3].note.as_ref().unwrap().contains("EBUSY"));
+        assert!(journal::interrupted(&entries).is_empty());
+    }
+
+    #[test]
+    fn vanished_device_and_timeouts_fail_cleanly() {
+        let (sim, policy, opts, pf) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 2 },
+        )
+        .unwrap();
+        let vf = bdf("0000:01:00.1");
+        sim.inject(SimOp::Bind, Some(vf), SimFault::Vanish);
+        let err = run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap_err();
+        assert!(matches!(err, ExecuteError::Failed { .. }), "{err}");
+        // Gone now: the next attempt cannot even read its facts.
+        assert!(matches!(
+            run(&sim, &policy, &opts, &mut j, Action::Wake { bdf: vf }),
+            Err(ExecuteError::Facts { .. })
+        ));
+        let vf2 = bdf("0000:01:00.2");
+        sim.inject(SimOp::PowerControl, None, SimFault::Timeout);
+        let err = run(&sim, &policy, &opts, &mut j, Action::Wake { bdf: vf2 }).unwrap_err();
+        assert!(err.to_string().contains("no answer after 1s"), "{err}");
+    }
+
+    #[test]
+    fn a_held_vf_is_never_destroyed_whatever_is_asked() {
+        let (sim, policy, opts, pf) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 2 },
+        )
+        .unwrap();
+        let vf = bdf("0000:01:00.1");
+        run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
+        sim.open(
+            vf,
+            HolderInfo {
+                pid: 9,
+                comm: "qemu".into(),
+                vm: Some("db".into()),
+            },
+        )
+        .unwrap();
+        let before = sim.writes().len();
+        for action in [
+            Action::SetVfs { pf, count: 0 },
+            Action::SetVfs { pf, count: 4 },
+            Action::Park { bdf: vf },
+        ] {
+            let err = run(&sim, &policy, &opts, &mut j, action).unwrap_err();
+            assert!(
+                matches!(err, ExecuteError::Refused { .. }),
+                "{action}: {err}"
+            );
+        }
+        assert_eq!(sim.writes().len(), before, "nothing written");
+        assert_eq!(sim.function(pf).unwrap().sriov.unwrap().num_vfs, 2);
+    }
 }

@@ -41,12 +41,15 @@
 //! - **Config space**: `config` gives root the whole space (256 bytes, 4096
 //!   for PCIe) and other users only the first 64 bytes.
 
+pub mod backend;
 pub mod bdf;
 pub mod config;
 pub mod error;
 mod holders;
+pub mod host_use;
 pub mod parse;
 mod power;
+pub mod sim;
 mod sysfs;
 #[cfg(test)]
 pub(crate) mod testtree;
@@ -54,6 +57,7 @@ mod write;
 
 use std::path::{Path, PathBuf};
 
+pub use backend::{HolderInfo, HostUse, PciBackend, Roots};
 pub use bdf::Bdf;
 pub use config::{Capability, ConfigSpace, ExtCapability, PmCapability, SriovCapability};
 pub use error::{Errno, HalError, Result};

@@ -1,0 +1,195 @@
+//! Host uses of a PCI function that vpm must not disturb: its block devices
+//! that are mounted and its network interfaces that are up, found under the
+//! function's sysfs directory and in `PROC/self/mountinfo`.
+
+use std::path::{Path, PathBuf};
+
+use super::backend::HostUse;
+use super::{HalError, Result};
+
+/// Mounted block devices and up interfaces found under the device's sysfs
+/// directory (`…/virtio1/block/vda`, `…/nvme/nvme0/nvme0n1`, `…/net/eth0`).
+pub fn host_use(device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
+    let mut blocks = Vec::new();
+    let mut nets = Vec::new();
+    walk(device_dir, 0, &mut blocks, &mut nets);
+    let mut uses = Vec::new();
+    if !blocks.is_empty() {
+        let path = proc_root.join("self/mountinfo");
+        let mountinfo =
+            std::fs::read_to_string(&path).map_err(|e| HalError::io("read", &path, e))?;
+        for (name, devno) in &blocks {
+            for mountpoint in mounts_of(&mountinfo, devno) {
+                uses.push(HostUse::Mounted {
+                    block: name.clone(),
+                    mountpoint,
+                });
+            }
+        }
+    }
+    for (ifname, dir) in nets {
+        let flags = std::fs::read_to_string(dir.join("flags")).unwrap_or_default();
+        let up = super::parse::hex_u32(&flags).is_some_and(|f| f & 0x1 != 0);
+        if up {
+            uses.push(HostUse::NetUp { ifname });
+        }
+    }
+    Ok(uses)
+}
+
+/// Collects `(name, "major:minor")` of block devices (and their partitions) and
+/// `(ifname, dir)` of network interfaces below `dir`, not following symlinks.
+fn walk(
+    dir: &Path,
+    depth: u32,
+    blocks: &mut Vec<(String, String)>,
+    nets: &mut Vec<(String, PathBuf)>,
+) {
+    const MAX_DEPTH: u32 = 4;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if !ft.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        match name.as_str() {
+            "block" => {
+                for disk in subdirs(&path) {
+                    let disk_name = disk.file_name().map(|n| n.to_string_lossy().into_owned());
+                    let Some(disk_name) = disk_name else { continue };
+                    push_block(&disk, &disk_name, blocks);
+                    // Partitions are subdirectories named after the disk.
+                    for part in subdirs(&disk) {
+                        let part_name = part.file_name().map(|n| n.to_string_lossy().into_owned());
+                        if let Some(p) = part_name.filter(|p| p.starts_with(&disk_name)) {
+                            push_block(&part, &p, blocks);
+                        }
+                    }
+                }
+            }
+            "net" => {
+                for iface in subdirs(&path) {
+                    if let Some(n) = iface.file_name().map(|n| n.to_string_lossy().into_owned()) {
+                        nets.push((n, iface));
+                    }
+                }
+            }
+            _ if depth < MAX_DEPTH => walk(&path, depth + 1, blocks, nets),
+            _ => {}
+        }
+    }
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+fn push_block(dir: &Path, name: &str, blocks: &mut Vec<(String, String)>) {
+    if let Ok(dev) = std::fs::read_to_string(dir.join("dev")) {
+        blocks.push((name.to_owned(), dev.trim().to_owned()));
+    }
+}
+
+/// Mount points in `mountinfo` (proc(5) format) whose device is `devno` (`major:minor`).
+pub fn mounts_of(mountinfo: &str, devno: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let dev = fields.nth(2)?;
+            let mountpoint = fields.nth(1)?;
+            (dev == devno).then(|| unescape_octal(mountpoint))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's `\040`-style escapes.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 0:21 / / rw,relatime - rootfs rootfs rw
+35 22 254:0 / /mnt/data rw,relatime - ext2 /dev/vda rw
+36 22 254:1 / /mnt/my\\040disk rw,relatime - ext4 /dev/vda1 rw
+";
+
+    #[test]
+    fn mounts_match_by_device_number() {
+        assert_eq!(mounts_of(MOUNTINFO, "254:0"), vec!["/mnt/data"]);
+        assert_eq!(mounts_of(MOUNTINFO, "254:1"), vec!["/mnt/my disk"]);
+        assert!(mounts_of(MOUNTINFO, "8:0").is_empty());
+    }
+
+    #[test]
+    fn host_use_finds_mounted_disks_and_up_interfaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("sys/bus/pci/devices/0000:00:03.1");
+        let vda = dev.join("virtio1/block/vda");
+        std::fs::create_dir_all(vda.join("vda1")).unwrap();
+        std::fs::write(vda.join("dev"), "254:0\n").unwrap();
+        std::fs::write(vda.join("vda1/dev"), "254:1\n").unwrap();
+        let eth = dev.join("virtio2/net/eth0");
+        std::fs::create_dir_all(&eth).unwrap();
+        std::fs::write(eth.join("flags"), "0x1003\n").unwrap();
+        let down = dev.join("virtio3/net/eth1");
+        std::fs::create_dir_all(&down).unwrap();
+        std::fs::write(down.join("flags"), "0x1002\n").unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        std::fs::write(proc.join("self/mountinfo"), MOUNTINFO).unwrap();
+
+        let uses = host_use(&dev, &proc).unwrap();
+        assert_eq!(
+            uses,
+            vec![
+                HostUse::Mounted {
+                    block: "vda".into(),
+                    mountpoint: "/mnt/data".into()
+                },
+                HostUse::Mounted {
+                    block: "vda1".into(),
+                    mountpoint: "/mnt/my disk".into()
+                },
+                HostUse::NetUp {
+                    ifname: "eth0".into()
+                },
+            ]
+        );
+    }
+}
