@@ -549,3 +549,78 @@ fn first_child(dir: &Path, class: &str) -> String {
     }
     panic!("no {class} device under {}", dir.display());
 }
+
+#[test]
+fn a_crash_between_journal_and_read_back_is_reconciled_on_restart() {
+    in_lab();
+    let s = sys();
+    vfs(0);
+    let (_dir, path, _) = policy_allowing(&[PF]);
+    let state = tempfile::tempdir().unwrap();
+    let vpm = |failpoint: Option<&str>, count: &str| {
+        let mut c = Command::new(bin("vpm"));
+        c.args(["pci", "set-vfs", PF, count, "--apply", "--policy"])
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(state.path());
+        if let Some(f) = failpoint {
+            c.env("VPM_FAILPOINT", f);
+        }
+        c.output().unwrap()
+    };
+    // Killed after the intent, before the write: nothing happened.
+    let out = vpm(Some("after-intent"), "2");
+    assert!(!out.status.success());
+    assert_eq!(s.function(pf()).unwrap().sriov.unwrap().num_vfs, 0);
+    // Restart (any --apply run): reconciled as not done, and not re-applied.
+    let out = vpm(None, "0");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set 0000:01:00.0 to 2 VFs") && err.contains("had not taken effect"),
+        "{err}"
+    );
+    assert_eq!(
+        s.function(pf()).unwrap().sriov.unwrap().num_vfs,
+        0,
+        "not applied by the restart"
+    );
+
+    // Killed after the write, before the read-back was journaled: it took effect.
+    let out = vpm(Some("after-apply"), "3");
+    assert!(!out.status.success());
+    assert_eq!(s.function(pf()).unwrap().sriov.unwrap().num_vfs, 3);
+    let out = vpm(None, "3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("to 3 VFs") && err.contains("had taken effect"),
+        "{err}"
+    );
+    assert_eq!(
+        s.function(pf()).unwrap().sriov.unwrap().num_vfs,
+        3,
+        "applied once"
+    );
+
+    // The journal tells the whole story; a third start finds nothing to reconcile.
+    let (_, entries) = executor::Journal::open(state.path()).unwrap();
+    use executor::journal::Phase::*;
+    let phases: Vec<_> = entries.iter().map(|e| e.phase).collect();
+    assert_eq!(
+        phases,
+        vec![
+            Intent, Reconciled, Intent, Done, Intent, Reconciled, Intent, Done
+        ]
+    );
+    assert!(executor::journal::interrupted(&entries).is_empty());
+    s.set_sriov_numvfs(pf(), 0, WRITE).unwrap();
+}

@@ -125,7 +125,9 @@ pub fn execute_on(
         });
     };
     let seq = journal.intent(crate::units::unix_now(), action)?;
+    failpoint("after-intent");
     let result = apply::apply(backend, &action, &facts, opts);
+    failpoint("after-apply");
     let state = journal::DeviceState::read(backend, bdf).ok();
     let (phase, note) = match &result {
         Ok(_) => (journal::Phase::Done, None),
@@ -145,6 +147,16 @@ pub fn execute_on(
         applied: true,
         steps,
     })
+}
+
+/// Crash-test hook: `VPM_FAILPOINT=after-intent` (or `after-apply`) aborts the
+/// process at that point of a journaled action, as a crash or `kill -9` would.
+/// The lab's crash test uses it to prove that a restart reconciles the journal.
+fn failpoint(name: &str) {
+    if std::env::var_os("VPM_FAILPOINT").is_some_and(|v| v == name) {
+        eprintln!("vpm: VPM_FAILPOINT={name}: aborting");
+        std::process::abort();
+    }
 }
 
 /// Acting (`apply`) needs root: holders in other users' processes are invisible
