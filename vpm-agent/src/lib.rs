@@ -6,7 +6,8 @@
 //! [`history`] turn ticks into windows; [`store`] writes vpm's CSV format;
 //! [`api`] serves live inspection; [`lab`] holds the test VMM; [`hal`] reads
 //! and writes PCI sysfs and config space (SR-IOV, drivers, power), rooted at
-//! a path.
+//! a path; [`policy`] is the policy file; [`scheduler`] plans device actions
+//! (pure); [`executor`] carries them out under the safety rules, journaled.
 pub mod api;
 pub mod executor;
 pub mod export;
@@ -22,6 +23,7 @@ pub mod offline;
 pub mod pipeline;
 pub mod policy;
 pub mod report;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod units;

@@ -1,11 +1,13 @@
 //! The `[devices]` section: which PCI functions vpm may act on.
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hal::Bdf;
 
 /// The device allow-list.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Devices {
     /// Entries naming the functions vpm may manage.
@@ -26,6 +28,22 @@ pub enum DeviceMatch {
         /// PCI device id.
         device: u16,
     },
+}
+
+impl fmt::Display for DeviceMatch {
+    /// The spelling the policy file uses: `0000:01:00.0` or `1b36:0010`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address(bdf) => write!(f, "{bdf}"),
+            Self::Ids { vendor, device } => write!(f, "{vendor:04x}:{device:04x}"),
+        }
+    }
+}
+
+impl Serialize for DeviceMatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl TryFrom<String> for DeviceMatch {
@@ -120,6 +138,10 @@ mod tests {
             "x:y",
         ] {
             assert!(DeviceMatch::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        for text in ["0000:01:00.0", "1b36:0010"] {
+            let m = DeviceMatch::try_from(text.to_owned()).unwrap();
+            assert_eq!(m.to_string(), text);
         }
     }
 

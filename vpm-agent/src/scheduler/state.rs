@@ -1,0 +1,240 @@
+//! The host as the scheduler sees it: a snapshot the agent loop assembles
+//! each tick from the HAL, the holders scan and its own journal.
+//!
+//! Every time a rule needs (how long a device has been in its power state,
+//! when a pool last changed size) is part of the snapshot, so the scheduler
+//! keeps no hidden state between ticks and a plan is a function of its inputs.
+
+use serde::Serialize;
+
+use crate::hal::{Bdf, PowerControl, PowerState};
+use crate::policy::Candidate;
+
+/// The driver a parked device is bound to (it is handed to VMs through it).
+pub const VFIO_DRIVER: &str = crate::executor::guard::VFIO_DRIVER;
+
+/// Everything the scheduler considers about the host at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HostState {
+    /// SR-IOV physical functions vpm manages, with their VFs.
+    pub pfs: Vec<PfState>,
+    /// Other managed devices (neither a PF above nor one of its VFs): whole
+    /// functions passed through to VMs, parked and woken as one.
+    pub devices: Vec<DeviceState>,
+    /// The running VMs.
+    pub vms: Vec<VmState>,
+}
+
+/// A running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmState {
+    /// Its name, as `identity` reports it (matched against `[vms] rules`).
+    pub name: String,
+}
+
+/// An SR-IOV physical function and its virtual functions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PfState {
+    /// The PF.
+    pub bdf: Bdf,
+    /// Its vendor id.
+    pub vendor: u16,
+    /// Its device id.
+    pub device: u16,
+    /// `sriov_totalvfs`: the most VFs it supports.
+    pub total_vfs: u32,
+    /// `sriov_numvfs`: the VFs enabled now.
+    pub num_vfs: u32,
+    /// The VFs present, with their state.
+    pub vfs: Vec<DeviceState>,
+    /// The last change of `num_vfs` (by anyone), when known.
+    pub last_change: Option<VfCountChange>,
+}
+
+/// A change of a PF's VF count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct VfCountChange {
+    /// When it happened, unix seconds.
+    pub at: f64,
+    /// The count before it (the count after is the current `num_vfs`).
+    pub from: u32,
+}
+
+/// Who uses a device now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "by", rename_all = "kebab-case")]
+pub enum DeviceUse {
+    /// Nobody: no process holds it and the host does not use it.
+    Free,
+    /// The VM with this name holds it open through VFIO.
+    Vm(String),
+    /// A process that is not a known VM holds it open (`pid 42 (fio)`).
+    Process(String),
+    /// The host uses it through a driver (`interface eth0 is up`).
+    Host(String),
+}
+
+impl DeviceUse {
+    /// Whether anyone uses the device (it must then never be parked, nor its
+    /// PF's VF count changed).
+    pub fn is_held(&self) -> bool {
+        !matches!(self, DeviceUse::Free)
+    }
+
+    /// The VM holding it, if a VM does.
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            DeviceUse::Vm(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// One PCI function: a VF (in [`PfState::vfs`]) or another managed device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceState {
+    /// Its address.
+    pub bdf: Bdf,
+    /// Its vendor id.
+    pub vendor: u16,
+    /// Its device id.
+    pub device: u16,
+    /// The bound driver, if any.
+    pub driver: Option<String>,
+    /// Who uses it.
+    pub user: DeviceUse,
+    /// Its power state (sysfs `power_state`).
+    pub power: PowerState,
+    /// Its `power/control`, when readable.
+    pub control: Option<PowerControl>,
+    /// When its power state or `power/control` last changed, unix seconds
+    /// (whichever is later; the loop takes vpm's own changes from its journal).
+    /// `None`: not known, treated as long ago (the dwell is over).
+    pub power_since: Option<f64>,
+    /// When it was last in use (held, or active), unix seconds. `None`: not
+    /// in use since vpm started watching, treated as idle long enough.
+    pub idle_since: Option<f64>,
+    /// Its measured D3hot → D0 wake latency, seconds, if known (else the
+    /// policy's `[plan] wake_latency_s`).
+    pub wake_latency_s: Option<f64>,
+}
+
+/// A device's power situation, as the wake and park rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// In D0 and kept there (`power/control` is not `auto` under vfio-pci, or
+    /// the device is held): ready now.
+    Awake,
+    /// In D0 but handed to runtime PM under vfio-pci (parked and not yet
+    /// suspended): a wake keeps it up, a park is already done.
+    Resting,
+    /// In D1, D2, D3hot or D3cold.
+    Asleep,
+    /// A power state vpm cannot judge (`unknown`, `error`): left alone.
+    Unknown,
+}
+
+impl DeviceState {
+    /// The allow-list's view of the device (`physfn`: its PF, for a VF).
+    pub fn candidate(&self, physfn: Option<Bdf>) -> Candidate {
+        Candidate {
+            bdf: self.bdf,
+            vendor: self.vendor,
+            device: self.device,
+            physfn,
+        }
+    }
+
+    /// Where the device stands for the power rules.
+    pub fn readiness(&self) -> Readiness {
+        match self.power {
+            PowerState::D0 => {
+                let parked = !self.user.is_held()
+                    && self.control == Some(PowerControl::Auto)
+                    && self.driver.as_deref() == Some(VFIO_DRIVER);
+                if parked {
+                    Readiness::Resting
+                } else {
+                    Readiness::Awake
+                }
+            }
+            PowerState::D1 | PowerState::D2 | PowerState::D3Hot | PowerState::D3Cold => {
+                Readiness::Asleep
+            }
+            PowerState::Unknown(_) => Readiness::Unknown,
+        }
+    }
+
+    /// Seconds in the current power state at `now` (`None`: not known).
+    pub fn power_age(&self, now: f64) -> Option<f64> {
+        self.power_since.map(|t| now - t)
+    }
+}
+
+impl PfState {
+    /// The allow-list's view of the PF.
+    pub fn candidate(&self) -> Candidate {
+        Candidate {
+            bdf: self.bdf,
+            vendor: self.vendor,
+            device: self.device,
+            physfn: None,
+        }
+    }
+
+    /// The VFs someone uses.
+    pub fn held_vfs(&self) -> impl Iterator<Item = &DeviceState> {
+        self.vfs.iter().filter(|v| v.user.is_held())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(power: PowerState, control: Option<PowerControl>, user: DeviceUse) -> DeviceState {
+        DeviceState {
+            bdf: "0000:01:00.1".parse().unwrap(),
+            vendor: 0x1b36,
+            device: 0x10,
+            driver: Some(VFIO_DRIVER.into()),
+            user,
+            power,
+            control,
+            power_since: Some(100.0),
+            idle_since: None,
+            wake_latency_s: None,
+        }
+    }
+
+    #[test]
+    fn readiness_follows_power_state_control_and_use() {
+        use PowerControl::{Auto, On};
+        let free = DeviceUse::Free;
+        let held = DeviceUse::Vm("web-1".into());
+        assert_eq!(
+            dev(PowerState::D0, Some(On), free.clone()).readiness(),
+            Readiness::Awake
+        );
+        assert_eq!(
+            dev(PowerState::D0, Some(Auto), free.clone()).readiness(),
+            Readiness::Resting
+        );
+        assert_eq!(
+            dev(PowerState::D0, Some(Auto), held).readiness(),
+            Readiness::Awake
+        );
+        assert_eq!(
+            dev(PowerState::D3Hot, Some(Auto), free.clone()).readiness(),
+            Readiness::Asleep
+        );
+        assert_eq!(
+            dev(PowerState::Unknown("error".into()), None, free.clone()).readiness(),
+            Readiness::Unknown
+        );
+        let mut nvme = dev(PowerState::D0, Some(Auto), free);
+        nvme.driver = Some("nvme".into());
+        assert_eq!(nvme.readiness(), Readiness::Awake);
+        assert_eq!(nvme.power_age(160.0), Some(60.0));
+    }
+}
