@@ -7,8 +7,10 @@
 //! [`api`] serves live inspection; [`lab`] holds the test VMM; [`hal`] reads
 //! and writes PCI sysfs and config space (SR-IOV, drivers, power), rooted at
 //! a path; [`policy`] is the policy file; [`scheduler`] plans device actions
-//! (pure); [`executor`] carries them out under the safety rules, journaled.
+//! (pure); [`executor`] carries them out under the safety rules, journaled;
+//! [`control`] runs the loop (observe, plan, act) each tick.
 pub mod api;
+pub mod control;
 pub mod executor;
 pub mod export;
 pub mod forecast;

@@ -1,0 +1,413 @@
+//! vpm's closed loop on the device side, once a tick: observe the managed
+//! devices ([`observe`]), plan from the forecasts ([`crate::scheduler`]), and
+//! carry the plan out through the [`executor`](crate::executor) — journaled,
+//! under the safety rules, as a dry run unless `apply`.
+//!
+//! The [`Controller`] runs on the agent's forecasting thread (it needs the
+//! forecasts, and its sysfs writes must not block the async runtime).
+
+pub mod csv;
+pub mod observe;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::executor::journal::Interrupted;
+use crate::executor::{self, Action, ApplyOptions, ExecuteError, Journal, JournalError};
+use crate::hal::{HalError, PciBackend};
+use crate::pipeline::SeriesOutlook;
+use crate::policy::Policy;
+use crate::scheduler::{self, Forecasts, HostState, Plan};
+use crate::store::long::Row;
+
+pub use observe::Tracker;
+
+/// What became of a planned action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Carried out and read back.
+    Applied,
+    /// Allowed, not carried out (the agent runs without `--apply`).
+    DryRun,
+    /// The safety rules refused it.
+    Refused,
+    /// It failed while being carried out.
+    Failed,
+}
+
+impl Outcome {
+    /// The CSV spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::DryRun => "dry-run",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One planned action and what became of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionRecord {
+    /// Unix seconds.
+    pub time: f64,
+    /// The action.
+    pub action: Action,
+    /// The VM it serves.
+    pub vm: Option<String>,
+    /// The VM's class priority.
+    pub priority: u32,
+    /// Why the scheduler planned it.
+    pub reason: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// How long it took, when carried out.
+    pub elapsed_ms: Option<f64>,
+    /// The refusal or error, if any.
+    pub message: Option<String>,
+}
+
+/// The closed loop's state.
+pub struct Controller {
+    backend: Box<dyn PciBackend + Send>,
+    policy: Policy,
+    managing: bool,
+    apply: bool,
+    opts: ApplyOptions,
+    journal: Option<Journal>,
+    tracker: Tracker,
+    host: HostState,
+    plan: Option<Plan>,
+    plans: Vec<Plan>,
+    records: Vec<ActionRecord>,
+}
+
+/// Most plans and action records kept between exports.
+const MAX_PENDING: usize = 100_000;
+
+impl Controller {
+    /// A controller acting on `backend` under `policy` (`None`: no policy file,
+    /// so it manages nothing and only recommends). With `apply`, actions are
+    /// carried out and journaled in `state_dir`, and an action a crash
+    /// interrupted is reconciled first (returned).
+    pub fn new(
+        backend: Box<dyn PciBackend + Send>,
+        policy: Option<Policy>,
+        apply: bool,
+        state_dir: &Path,
+        opts: ApplyOptions,
+    ) -> Result<(Self, Vec<Interrupted>), JournalError> {
+        let mut interrupted = Vec::new();
+        let journal = if apply {
+            let (mut j, entries) = Journal::open(state_dir)?;
+            interrupted = j.reconcile(&entries, backend.as_ref(), crate::units::unix_now())?;
+            Some(j)
+        } else {
+            None
+        };
+        let managing = policy.is_some();
+        Ok((
+            Self {
+                backend,
+                policy: policy.unwrap_or_default(),
+                managing,
+                apply,
+                opts,
+                journal,
+                tracker: Tracker::new(),
+                host: HostState::default(),
+                plan: None,
+                plans: Vec::new(),
+                records: Vec::new(),
+            },
+            interrupted,
+        ))
+    }
+
+    /// Whether a policy file says what to manage.
+    pub fn managing(&self) -> bool {
+        self.managing
+    }
+
+    /// Reads the managed devices and returns this tick's `vfs:<pf>` rows for
+    /// the running `vms` (name, pid).
+    pub fn observe(&mut self, now: f64, vms: &[(String, u32)]) -> Result<Vec<Row>, HalError> {
+        let names: Vec<String> = vms.iter().map(|(n, _)| n.clone()).collect();
+        self.host = self
+            .tracker
+            .observe(now, self.backend.as_ref(), &self.policy, &names)?;
+        Ok(observe::vf_usage(&self.host, vms)
+            .into_iter()
+            .map(|(vm, pid, resource, value)| Row {
+                timestamp: now,
+                vm,
+                pid,
+                resource,
+                value,
+            })
+            .collect())
+    }
+
+    /// Plans from `outlook` and carries the plan out (or records the dry run).
+    pub fn step(&mut self, now: f64, outlook: &[SeriesOutlook]) -> &Plan {
+        let mut forecasts = Forecasts::default();
+        for o in outlook {
+            forecasts.add(&o.key.vm, &o.key.resource, &o.forecasts);
+        }
+        let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
+        for planned in &plan.actions {
+            let before = self.pool_size(planned.action);
+            let result = executor::execute_on(
+                self.backend.as_ref(),
+                Some(&self.policy),
+                planned.action,
+                self.apply,
+                &self.opts,
+                self.journal.as_mut(),
+            );
+            let (outcome, elapsed_ms, message) = match result {
+                Ok(report) if report.applied => {
+                    let ms = report
+                        .steps
+                        .iter()
+                        .filter_map(|s| s.elapsed_ms)
+                        .sum::<f64>();
+                    if let (Action::SetVfs { pf, count }, Some(from)) = (planned.action, before) {
+                        self.tracker.pool_changed(pf, from, count, now);
+                    }
+                    (Outcome::Applied, Some(ms), None)
+                }
+                Ok(_) => (Outcome::DryRun, None, None),
+                Err(e @ ExecuteError::Refused { .. }) => {
+                    (Outcome::Refused, None, Some(e.to_string()))
+                }
+                Err(e) => (Outcome::Failed, None, Some(e.to_string())),
+            };
+            if outcome == Outcome::Failed || outcome == Outcome::Refused {
+                log::warn!("{}: {}", planned.action, message.as_deref().unwrap_or(""));
+            } else {
+                log::info!(
+                    "{} {}: {}",
+                    outcome.as_str(),
+                    planned.action,
+                    planned.reason
+                );
+            }
+            if self.records.len() < MAX_PENDING {
+                self.records.push(ActionRecord {
+                    time: now,
+                    action: planned.action,
+                    vm: planned.vm.clone(),
+                    priority: planned.priority,
+                    reason: planned.reason.clone(),
+                    outcome,
+                    elapsed_ms,
+                    message,
+                });
+            }
+        }
+        if self.plans.len() < MAX_PENDING && (!plan.actions.is_empty() || !plan.deferred.is_empty())
+        {
+            self.plans.push(plan.clone());
+        }
+        self.plan.insert(plan)
+    }
+
+    fn pool_size(&self, action: Action) -> Option<u32> {
+        match action {
+            Action::SetVfs { pf, .. } => self
+                .host
+                .pfs
+                .iter()
+                .find(|p| p.bdf == pf)
+                .map(|p| p.num_vfs),
+            _ => None,
+        }
+    }
+
+    /// The latest plan.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// The latest host state.
+    pub fn host(&self) -> &HostState {
+        &self.host
+    }
+
+    /// Plans with actions and action records since the last call.
+    pub fn take(&mut self) -> (Vec<Plan>, Vec<ActionRecord>) {
+        (
+            std::mem::take(&mut self.plans),
+            std::mem::take(&mut self.records),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::Forecast;
+    use crate::forecast::models::ModelKind;
+    use crate::hal::sim::SimPci;
+    use crate::hal::{Bdf, HolderInfo, PowerState};
+    use crate::store::SeriesKey;
+
+    fn bdf(s: &str) -> Bdf {
+        s.parse().unwrap()
+    }
+
+    fn outlook(vm: &str, resource: &str, value: f64) -> SeriesOutlook {
+        SeriesOutlook {
+            key: SeriesKey {
+                vm: vm.into(),
+                resource: resource.into(),
+            },
+            forecasts: [60.0, 300.0]
+                .iter()
+                .map(|&h| Forecast {
+                    horizon_s: h,
+                    target_time: h,
+                    predicted: value,
+                    lower: value,
+                    upper: value,
+                    model: ModelKind::LastValue,
+                    backtest_wape: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn controller(sim: SimPci, apply: bool, dir: &Path) -> Controller {
+        let policy =
+            Policy::parse("[devices]\nallow = [\"0000:01:00.0\"]\n", "t".as_ref()).unwrap();
+        let opts = ApplyOptions {
+            write_timeout: std::time::Duration::from_secs(1),
+            settle_timeout: std::time::Duration::from_millis(50),
+        };
+        Controller::new(Box::new(sim), Some(policy), apply, dir, opts)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn predicted_demand_creates_and_wakes_vfs_ahead_of_use() {
+        let sim = SimPci::new();
+        let pf = bdf("0000:01:00.0");
+        sim.add_pf(pf, 4, Some("nvme"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(sim, true, dir.path());
+        let vms = [("web".to_owned(), 11)];
+        let rows = c.observe(1000.0, &vms).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].resource.as_str(), rows[0].value),
+            ("vfs:0000:01:00.0", 0.0)
+        );
+        // web is predicted to use 2 VFs: the pool grows before it asks.
+        let plan = c
+            .step(1000.0, &[outlook("web", "vfs:0000:01:00.0", 2.0)])
+            .clone();
+        assert!(
+            plan.actions
+                .iter()
+                .any(|a| a.action == Action::SetVfs { pf, count: 2 }),
+            "{plan:#?}"
+        );
+        let (_, records) = c.take();
+        assert!(
+            records.iter().all(|r| r.outcome == Outcome::Applied),
+            "{records:#?}"
+        );
+        c.observe(1010.0, &vms).unwrap();
+        assert_eq!(c.host().pfs[0].num_vfs, 2);
+        let csv = csv::actions(&records);
+        assert!(csv.starts_with(csv::ACTIONS_HEADER));
+        assert!(csv.contains(",set-vfs,0000:01:00.0,2,web,"), "{csv}");
+    }
+
+    #[test]
+    fn without_apply_nothing_changes_and_without_policy_nothing_is_planned() {
+        let sim = SimPci::new();
+        let pf = bdf("0000:01:00.0");
+        sim.add_pf(pf, 4, Some("nvme"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(sim, false, dir.path());
+        let vms = [("web".to_owned(), 11)];
+        c.observe(1000.0, &vms).unwrap();
+        c.step(1000.0, &[outlook("web", "vfs:0000:01:00.0", 2.0)]);
+        let (plans, records) = c.take();
+        assert_eq!(plans.len(), 1);
+        assert!(!records.is_empty() && records.iter().all(|r| r.outcome == Outcome::DryRun));
+        c.observe(1010.0, &vms).unwrap();
+        assert_eq!(c.host().pfs[0].num_vfs, 0, "a dry run changes nothing");
+        assert!(
+            !dir.path()
+                .join(crate::executor::journal::FILE_NAME)
+                .exists()
+        );
+
+        let sim = SimPci::new();
+        sim.add_pf(pf, 4, Some("nvme"));
+        let opts = ApplyOptions::default();
+        let (mut c, _) = Controller::new(Box::new(sim), None, true, dir.path(), opts).unwrap();
+        assert!(!c.managing());
+        c.observe(1000.0, &vms).unwrap();
+        assert!(
+            c.step(1000.0, &[outlook("web", "vfs:0000:01:00.0", 2.0)])
+                .actions
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_held_vf_is_safe_even_if_the_plan_asks() {
+        let sim = SimPci::new();
+        let pf = bdf("0000:01:00.0");
+        sim.add_pf(pf, 4, Some("nvme"));
+        sim.set_sriov_numvfs(pf, 1, std::time::Duration::from_secs(1))
+            .unwrap();
+        let vf = bdf("0000:01:00.1");
+        sim.bind_driver(vf, "vfio-pci", std::time::Duration::from_secs(1))
+            .unwrap();
+        sim.open(
+            vf,
+            HolderInfo {
+                pid: 11,
+                comm: "qemu".into(),
+                vm: Some("web".into()),
+            },
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(sim, true, dir.path());
+        let vms = [("web".to_owned(), 11), ("db".to_owned(), 12)];
+        c.observe(1000.0, &vms).unwrap();
+        // db wants 3 more: growing would pass through 0 and destroy web's VF.
+        c.step(
+            1000.0,
+            &[
+                outlook("web", "vfs:0000:01:00.0", 1.0),
+                outlook("db", "vfs:0000:01:00.0", 3.0),
+            ],
+        );
+        c.observe(1010.0, &vms).unwrap();
+        let pfs = &c.host().pfs[0];
+        assert_eq!(pfs.num_vfs, 1);
+        assert_eq!(pfs.vfs[0].power, PowerState::D0);
+        let plan = c.plan().unwrap();
+        assert!(
+            plan.actions
+                .iter()
+                .all(|a| !matches!(a.action, Action::SetVfs { .. })),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.deferred.iter().any(|d| d.reason.contains("held")),
+            "{plan:#?}"
+        );
+    }
+}
