@@ -519,3 +519,115 @@ fn pci_actions_are_refused_without_policy_and_acting_needs_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("needs root"), "{err}");
 }
+
+#[test]
+fn the_agent_plans_under_a_policy_and_serves_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vpm.sock");
+    let exports = dir.path().join("exports");
+    let policy = dir.path().join("policy.toml");
+    // Managing (a device this host does not have), so no device action: the
+    // plan still recommends CPU and memory for every VM.
+    std::fs::write(&policy, "[devices]\nallow = [\"0000:7f:1f.7\"]\n").unwrap();
+    let mut agent = vpm()
+        .args([
+            "run",
+            "--interval",
+            "500ms",
+            "--export-interval",
+            "2s",
+            "--plan-interval",
+            "1s",
+        ])
+        .args(["--step", "1s", "--horizons", "2s,5s", "--duration", "40s"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--export-dir")
+        .arg(&exports)
+        .arg("--policy")
+        .arg(&policy)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || socket.exists()),
+        "agent socket never appeared"
+    );
+    let _vm = HeldVm::start(&["-name", "db8", "--pio", "0x70:300"], None).unwrap();
+
+    let plan_json = || {
+        let out = vpm()
+            .args(["plan", "--output", "json", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let recommends_db8 = |p: &serde_json::Value| {
+        p["plan"]["recommendations"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["vm"] == "db8" && r["cpu"]["limit"].is_number())
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(25), || recommends_db8(&plan_json())),
+        "{:#}",
+        plan_json()
+    );
+    let p = plan_json();
+    assert_eq!(p["managing"], true);
+    assert_eq!(p["apply"], false);
+    assert_eq!(p["plan"]["actions"].as_array().map(Vec::len), Some(0));
+    let table = vpm()
+        .args(["plan", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("dry run") && table.contains("db8"),
+        "{table}"
+    );
+
+    // The recommendations CSV, in its documented schema.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_dir(&exports).is_ok_and(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("recommendations-")
+                    })
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .any(|t| {
+                        t.starts_with(vpm::control::csv::RECOMMENDATIONS_HEADER)
+                            && t.contains(",db8,")
+                    })
+            })
+        }),
+        "no recommendations export names the VM"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // An invalid policy stops the agent before it starts, naming the line.
+    std::fs::write(
+        &policy,
+        "[devices]\nallow = [\"0000:7f:1f.7\"]\n[plan]\nhorizon = 5\n",
+    )
+    .unwrap();
+    let out = vpm()
+        .args(["run", "--duration", "1s", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4") && err.contains("horizon"), "{err}");
+}

@@ -30,6 +30,9 @@ pub enum Request {
         /// Window length.
         seconds: f64,
     },
+    /// The latest plan of the closed loop (actions, deferrals, recommendations)
+    /// and the managed devices as the scheduler saw them.
+    Plan,
 }
 
 /// The agent's status.
@@ -55,6 +58,17 @@ pub enum Response {
     Report {
         /// The report.
         report: serde_json::Value,
+    },
+    /// Answer to [`Request::Plan`]: `plan` is `null` before the first plan.
+    Plan {
+        /// The plan (the shape of [`crate::scheduler::Plan`]).
+        plan: serde_json::Value,
+        /// The managed devices (the shape of [`crate::scheduler::HostState`]).
+        host: serde_json::Value,
+        /// Whether a policy file says what to manage.
+        managing: bool,
+        /// Whether the agent acts (`--apply`) or only plans.
+        apply: bool,
     },
     /// The request failed.
     Error {
@@ -113,6 +127,14 @@ pub fn connect(path: &std::path::Path) -> Result<std::os::unix::net::UnixStream,
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Asks for the latest plan.
+pub fn plan<S: Read + Write>(stream: &mut S) -> Result<Response, ApiError> {
+    match call(stream, &Request::Plan)? {
+        r @ Response::Plan { .. } => Ok(r),
+        other => Err(ApiError::Refused(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// Asks for a report and decodes it.
@@ -179,6 +201,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Status).expect("json"),
             r#"{"request":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Plan).expect("json"),
+            r#"{"request":"plan"}"#
         );
     }
 }

@@ -16,6 +16,21 @@ pub struct Shared {
     pub history: History,
     /// Status fields.
     pub status: Status,
+    /// The closed loop's latest plan and host state, as JSON.
+    pub plan: PlanView,
+}
+
+/// What the agent tells about its closed loop.
+#[derive(Debug, Clone, Default)]
+pub struct PlanView {
+    /// The latest plan (`null` before the first).
+    pub plan: serde_json::Value,
+    /// The managed devices.
+    pub host: serde_json::Value,
+    /// Whether a policy file says what to manage.
+    pub managing: bool,
+    /// Whether the agent acts.
+    pub apply: bool,
 }
 
 /// Errors setting up the socket.
@@ -105,6 +120,12 @@ fn answer(shared: &Mutex<Shared>, request: &Request) -> Response {
     };
     match request {
         Request::Status => Response::Status(shared.status.clone()),
+        Request::Plan => Response::Plan {
+            plan: shared.plan.plan.clone(),
+            host: shared.plan.host.clone(),
+            managing: shared.plan.managing,
+            apply: shared.plan.apply,
+        },
         Request::Report { seconds } => {
             if !(seconds.is_finite() && *seconds > 0.0) {
                 return Response::Error {

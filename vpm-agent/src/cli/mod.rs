@@ -5,6 +5,7 @@ mod eval;
 mod forecast;
 mod output;
 mod pci;
+mod plan;
 mod record;
 mod run;
 mod top;
@@ -37,6 +38,8 @@ use vpm::telemetry::LoadOptions;
   vpm eval -i samples.csv --horizons 10s,60s --output json
   vpm devices                                    PCI inventory: SR-IOV, power, IOMMU, holders
   vpm pci set-vfs 0000:01:00.0 4                 dry run; add --apply to act
+  vpm run --policy /etc/vpm/policy.toml --apply  the closed loop, acting
+  vpm plan                                       the agent's current plan
 
 The CSV and JSON formats are documented in the README."
 )]
@@ -71,6 +74,9 @@ enum Command {
     /// Act on a PCI device (VFs, park in D3hot, wake to D0) with vpm's safety
     /// checks and the policy's allow-list; a dry run unless `--apply`.
     Pci(pci::PciArgs),
+    /// The running agent's current plan: device actions with their reasons,
+    /// what was deferred and why, and per-VM CPU/memory recommendations.
+    Plan(plan::PlanArgs),
 }
 
 /// Where the kernel's file systems are (hidden: for tests and containers).
@@ -202,6 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Devices(args) => devices::run(&args),
         Command::Pci(args) => pci::run(&args),
+        Command::Plan(args) => plan::run(&args),
     }
 }
 

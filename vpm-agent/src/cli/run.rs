@@ -46,6 +46,20 @@ pub struct RunArgs {
     /// 8 bytes per point per series).
     #[arg(long, default_value = "2h", value_parser = duration)]
     forecast_history: Duration,
+    /// The policy file: which devices vpm manages and how (QoS classes, dwell
+    /// times, …). Without one vpm observes and forecasts but manages nothing.
+    #[arg(long, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
+    policy: PathBuf,
+    /// Act on the plan (create VFs, park, wake). Without it every planned
+    /// action is a dry run, recorded in the actions CSV as `dry-run`.
+    #[arg(long)]
+    apply: bool,
+    /// vpm's state directory (the journal of applied actions).
+    #[arg(long, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// How often the closed loop plans (and, with --apply, acts).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    plan_interval: Duration,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = duration)]
     duration: Option<Duration>,
@@ -64,16 +78,59 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             args.export_dir.display()
         )
     })?;
+    // An invalid policy stops the agent before anything else starts.
+    let policy = vpm::policy::Policy::load(&args.policy)?;
+    match &policy {
+        None => log::warn!(
+            "no policy file at {}: vpm observes and forecasts but manages no device",
+            args.policy.display()
+        ),
+        Some(p) => log::info!(
+            "policy {}: {} device entries allowed; {}",
+            args.policy.display(),
+            p.devices.allow.len(),
+            if args.apply { "acting (--apply)" } else { "dry run (add --apply to act)" }
+        ),
+    }
+    if args.apply && !vpm::executor::effective_root() {
+        anyhow::bail!(
+            "vpm run --apply needs root: it writes sysfs and must see every process's open \
+             files to know who holds a device (run it with sudo, or without --apply)"
+        );
+    }
+    let backend = vpm::hal::Roots {
+        sys: vpm::hal::Sysfs::new(&args.collect.sys_root),
+        proc: args.collect.proc_root.clone(),
+        dev: PathBuf::from("/dev"),
+    };
+    let (controller, interrupted) = vpm::control::Controller::new(
+        Box::new(backend),
+        policy,
+        args.apply,
+        &args.state_dir,
+        vpm::executor::ApplyOptions::default(),
+    )?;
+    for i in interrupted {
+        log::warn!(
+            "journal: `{}` was interrupted by a restart; it {}",
+            i.intent.action,
+            if i.took_effect { "had taken effect" } else { "had not taken effect (not re-applied)" }
+        );
+    }
     let monitor = Monitor::start(&args.collect.monitor_options())?;
     log::info!("{}", monitor.attach_summary());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(agent(args, monitor))
+    runtime.block_on(agent(args, monitor, controller))
 }
 
-async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
+async fn agent(
+    args: &RunArgs,
+    mut monitor: Monitor,
+    controller: vpm::control::Controller,
+) -> anyhow::Result<()> {
     // A baseline tick before anyone can connect: the first exported tick has a
     // previous one to measure its rates against (the baseline's own events are
     // the few since `Monitor::start`).
@@ -89,6 +146,11 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
             tick_s: args.collect.interval.as_secs_f64(),
             ticks: 0,
             attachments: api::attachments_json(monitor.attachments()),
+        },
+        plan: server::PlanView {
+            managing: controller.managing(),
+            apply: args.apply,
+            ..server::PlanView::default()
         },
     }));
     let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
@@ -107,10 +169,13 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
     }
     let forecaster = ForecastThread::start(
         Pipeline::new(pipeline_config(args)).context("starting the forecaster")?,
+        controller,
+        Arc::clone(&shared),
         args.export_dir.clone(),
         args.keep,
     )?;
     let mut next_export = tokio::time::Instant::now() + args.export_interval;
+    let mut next_plan = tokio::time::Instant::now() + args.plan_interval;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     use tokio::signal::unix::{SignalKind, signal};
     // Both listeners live across iterations, so a signal that arrives during a
@@ -134,6 +199,10 @@ async fn agent(args: &RunArgs, mut monitor: Monitor) -> anyhow::Result<()> {
             s.status.ticks += 1;
         }
         let now = tokio::time::Instant::now();
+        if now >= next_plan {
+            next_plan = now + args.plan_interval;
+            forecaster.send(Msg::Plan(unix_now()));
+        }
         if now >= next_export {
             next_export = now + args.export_interval;
             let t = unix_now();
@@ -186,19 +255,29 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
 enum Msg {
     /// A tick's rows, and its time.
     Rows(Vec<long::Row>, f64),
+    /// Plan (and act, with --apply) at this time.
+    Plan(f64),
     /// Export forecasts stamped with this time.
     Export(f64),
 }
 
-/// The store and forecasters run on their own thread: polars must not block
-/// the agent's async runtime, and a slow model selection must not delay ticks.
+/// The store, the forecasters and the closed loop's controller run on their own
+/// thread: polars must not block the agent's async runtime, a slow model
+/// selection must not delay ticks, and sysfs writes (VF creation can take
+/// minutes) must not stall the socket.
 struct ForecastThread {
     tx: Option<std::sync::mpsc::SyncSender<Msg>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ForecastThread {
-    fn start(mut pipeline: Pipeline, dir: PathBuf, keep: usize) -> anyhow::Result<Self> {
+    fn start(
+        mut pipeline: Pipeline,
+        mut controller: vpm::control::Controller,
+        shared: Arc<Mutex<server::Shared>>,
+        dir: PathBuf,
+        keep: usize,
+    ) -> anyhow::Result<Self> {
         // Bounded: a forecaster that falls behind makes the agent drop work
         // (said in the log), not grow without limit.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(256);
@@ -207,13 +286,35 @@ impl ForecastThread {
             .spawn(move || {
                 for msg in rx {
                     match msg {
-                        Msg::Rows(rows, at) => {
+                        Msg::Rows(mut rows, at) => {
+                            // The VMs of this tick, and how many managed VFs each holds.
+                            let mut vms: Vec<(String, u32)> =
+                                rows.iter().map(|r| (r.vm.clone(), r.pid)).collect();
+                            vms.sort();
+                            vms.dedup();
+                            match controller.observe(at, &vms) {
+                                Ok(usage) => rows.extend(usage),
+                                Err(e) => log::error!("reading the managed devices: {e}"),
+                            }
                             if let Err(e) = pipeline.ingest(&rows, at) {
                                 log::error!("{:#}", anyhow::Error::new(e));
                             }
                         }
+                        Msg::Plan(t) => {
+                            let outlook = pipeline.forecast();
+                            let plan = controller.step(t, &outlook);
+                            let plan = serde_json::to_value(plan).unwrap_or_default();
+                            let host = serde_json::to_value(controller.host()).unwrap_or_default();
+                            if let Ok(mut s) = shared.lock() {
+                                s.plan.plan = plan;
+                                s.plan.host = host;
+                            }
+                        }
                         Msg::Export(t) => {
                             if let Err(e) = export_forecasts(&dir, keep, t, &mut pipeline) {
+                                log::error!("{e:#}");
+                            }
+                            if let Err(e) = export_plans(&dir, keep, t, &mut controller) {
                                 log::error!("{e:#}");
                             }
                         }
@@ -286,6 +387,33 @@ fn export_forecasts(
         path.display()
     );
     vpm::export::rotate(dir, "forecast-", keep)?;
+    Ok(())
+}
+
+/// Writes the closed loop's `plan-`, `actions-` and `recommendations-<t>.csv`
+/// (atomically, rotated); files with no rows are not written.
+fn export_plans(
+    dir: &Path,
+    keep: usize,
+    t: f64,
+    controller: &mut vpm::control::Controller,
+) -> anyhow::Result<()> {
+    use vpm::control::csv;
+    let (plans, records) = controller.take();
+    let mut files = Vec::new();
+    if !plans.is_empty() {
+        files.push(("plan-", csv::plans(&plans)));
+    }
+    if !records.is_empty() {
+        files.push(("actions-", csv::actions(&records)));
+    }
+    if let Some(plan) = controller.plan().filter(|p| !p.recommendations.is_empty()) {
+        files.push(("recommendations-", csv::recommendations(plan)));
+    }
+    for (prefix, text) in files {
+        vpm::export::write_atomic(&dir.join(export_name(prefix, t)), text.as_bytes())?;
+        vpm::export::rotate(dir, prefix, keep)?;
+    }
     Ok(())
 }
 

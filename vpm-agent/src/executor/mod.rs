@@ -168,9 +168,9 @@ pub fn check_privileges(action: Action, apply: bool) -> Result<(), ExecuteError>
     Ok(())
 }
 
-/// Whether the process runs as root (holders of other users' processes are
+/// Whether the process runs as root (holders in other users' processes are
 /// invisible otherwise, so the safety checks could not be trusted).
-fn effective_root() -> bool {
+pub fn effective_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -1,12 +1,12 @@
 //! What a plan holds: actions with their reasons, what was held back and
 //! why, and per-VM CPU and memory recommendations.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::executor::Action;
 
 /// The scheduler's plan for one tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// When it was made, unix seconds (the `now` it was made for).
     pub generated_at: f64,
@@ -23,7 +23,7 @@ pub struct Plan {
 }
 
 /// One action of a plan.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedAction {
     /// The action.
     pub action: Action,
@@ -41,7 +41,7 @@ pub struct PlannedAction {
 }
 
 /// Something the plan wanted but did not do this tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deferred {
     /// The action it would have taken (`None` when no action could help,
     /// e.g. a PF with too few VFs for every VM's demand).
@@ -55,7 +55,7 @@ pub struct Deferred {
 }
 
 /// A request and a limit for one resource (VPA-like).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sizing {
     /// What the VM is expected to use: the largest point forecast within the
     /// horizon, rounded up.
@@ -67,7 +67,7 @@ pub struct Sizing {
 
 /// CPU and memory sizing for one VM, from its forecasts (vpm does not resize
 /// VMs; these are for operators and other tools).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
     /// The VM.
     pub vm: String,
