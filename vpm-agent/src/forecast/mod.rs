@@ -36,6 +36,7 @@ pub mod features;
 pub mod forecaster;
 pub mod headroom;
 pub mod models;
+pub mod periodic;
 pub mod select;
 #[cfg(test)]
 mod synth;

@@ -95,17 +95,21 @@ pub enum ModelKind {
     Ridge,
     /// Random forest on the features.
     Forest,
+    /// Seasonal naive on a period detected in the series (see
+    /// [`SeasonalAuto`](super::periodic::SeasonalAuto)).
+    SeasonalAuto,
 }
 
 impl ModelKind {
     /// Every model, simplest first (ties in selection go to the earlier one).
-    pub const ALL: [ModelKind; 9] = [
+    pub const ALL: [ModelKind; 10] = [
         ModelKind::LastValue,
         ModelKind::MovingAverage,
         ModelKind::Ewma,
         ModelKind::Ses,
         ModelKind::SeasonalDaily,
         ModelKind::SeasonalWeekly,
+        ModelKind::SeasonalAuto,
         ModelKind::Vpa,
         ModelKind::Ridge,
         ModelKind::Forest,
@@ -113,13 +117,14 @@ impl ModelKind {
 
     /// The point forecasters vpm selects among by default (all but the VPA
     /// rule, which forecasts a provisioning level, not the value).
-    pub const CANDIDATES: [ModelKind; 8] = [
+    pub const CANDIDATES: [ModelKind; 9] = [
         ModelKind::LastValue,
         ModelKind::MovingAverage,
         ModelKind::Ewma,
         ModelKind::Ses,
         ModelKind::SeasonalDaily,
         ModelKind::SeasonalWeekly,
+        ModelKind::SeasonalAuto,
         ModelKind::Ridge,
         ModelKind::Forest,
     ];
@@ -136,6 +141,7 @@ impl ModelKind {
             ModelKind::Vpa => "vpa",
             ModelKind::Ridge => "ridge",
             ModelKind::Forest => "forest",
+            ModelKind::SeasonalAuto => "seasonal_auto",
         }
     }
 
@@ -152,7 +158,7 @@ impl ModelKind {
     /// True for the baselines (including the VPA rule): fixed rules with
     /// nothing fitted to the series.
     pub fn is_baseline(self) -> bool {
-        !self.is_learned() && self != ModelKind::Ses
+        !self.is_learned() && !matches!(self, ModelKind::Ses | ModelKind::SeasonalAuto)
     }
 
     /// A new, unfitted model of this kind.
@@ -173,6 +179,7 @@ impl ModelKind {
             }),
             ModelKind::Ridge => Box::new(Ridge::new(cfg.clone())),
             ModelKind::Forest => Box::new(Forest::new(cfg.clone())),
+            ModelKind::SeasonalAuto => Box::new(super::periodic::SeasonalAuto::default()),
         }
     }
 
@@ -180,7 +187,9 @@ impl ModelKind {
     /// refitted (baselines have nothing to fit).
     pub fn refit_every(self, cfg: &ModelConfig) -> usize {
         match self {
-            ModelKind::Ridge | ModelKind::Ses => cfg.ridge_refit_every.max(1),
+            ModelKind::Ridge | ModelKind::Ses | ModelKind::SeasonalAuto => {
+                cfg.ridge_refit_every.max(1)
+            }
             ModelKind::Forest => cfg.forest_refit_every.max(1),
             _ => usize::MAX,
         }

@@ -254,7 +254,10 @@ mod tests {
             prop_assert!(sel.chosen_stats().mae() < lv.stats.mae());
             prop_assert!(matches!(
                 sel.chosen,
-                ModelKind::SeasonalDaily | ModelKind::Ridge | ModelKind::Forest
+                ModelKind::SeasonalDaily
+                    | ModelKind::SeasonalAuto
+                    | ModelKind::Ridge
+                    | ModelKind::Forest
             ), "chosen {}", sel.chosen);
         }
     }
