@@ -1,5 +1,10 @@
 //! One tick of the whole host: read the eBPF maps, diff them, name each VM,
 //! sample its host metrics, and drop the entries of VMs that exited.
+//!
+//! VFIO/PCI events the kernel caused itself (interrupts, runtime-PM workers)
+//! are counted under [`KERNEL_TGID`]; each tick names their interrupts'
+//! devices and moves the events on a device a VM holds through VFIO to that VM
+//! (see [`telemetry::attribution`]). The rest are shown as the `kernel` row.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -8,7 +13,10 @@ use crate::history::{Tick, VmTick};
 use crate::host::{self, HostError};
 use crate::identity::{self, VmIdentity};
 use crate::report::VmInfo;
-use crate::telemetry::{self, Attachment, LoadOptions, Snapshot, Telemetry, TelemetryError};
+use crate::telemetry::{
+    self, Attachment, LoadOptions, Snapshot, Telemetry, TelemetryError, attribution,
+};
+use vpm_common::KERNEL_TGID;
 
 /// Where to read from.
 #[derive(Clone, Debug)]
@@ -49,6 +57,19 @@ pub struct Monitor {
     pruned_entries: u64,
     /// Processes found gone in the last tick, forgotten in the next.
     exited: Vec<u32>,
+    /// IRQ → PCI address of vfio interrupts seen so far (kept for IRQs freed
+    /// before the tick that reads their last events).
+    irq_names: BTreeMap<u32, u32>,
+}
+
+/// How the kernel's own events are shown.
+fn kernel_info() -> VmInfo {
+    VmInfo {
+        pid: KERNEL_TGID,
+        name: "kernel".to_owned(),
+        uuid: None,
+        vmm: "kernel".to_owned(),
+    }
 }
 
 fn info_of(id: &VmIdentity) -> VmInfo {
@@ -73,6 +94,7 @@ impl Monitor {
             clk_tck: host::clock_ticks_per_second(),
             pruned_entries: 0,
             exited: Vec::new(),
+            irq_names: BTreeMap::new(),
         })
     }
 
@@ -81,12 +103,32 @@ impl Monitor {
         self.telemetry.attachments()
     }
 
-    /// One line saying what is attached and what is not.
+    /// What was attached of the VFIO/PCI attach points, and how.
+    pub fn pci_attachments(&self) -> &[telemetry::ProbeAttachment] {
+        self.telemetry.pci_attachments()
+    }
+
+    /// Lines saying what is attached and what is not: the KVM tracepoints,
+    /// the VFIO/PCI attach points, and the device offsets that are unknown
+    /// (their events count under the unknown device), if any.
     pub fn attach_summary(&self) -> String {
-        format!(
-            "tracepoints: {}",
-            telemetry::render_report(self.attachments())
-        )
+        let mut out = format!(
+            "tracepoints: {}\nvfio/pci: {}",
+            telemetry::render_report(self.attachments()),
+            telemetry::probes::render_report(self.pci_attachments())
+        );
+        let unknown: Vec<&str> = self
+            .telemetry
+            .offset_notes()
+            .iter()
+            .filter(|n| !n.known)
+            .map(|n| n.text.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            out.push_str("\nvfio/pci offsets: ");
+            out.push_str(&unknown.join("; "));
+        }
+        out
     }
 
     /// The underlying telemetry (maps and stats).
@@ -111,22 +153,36 @@ impl Monitor {
         let mut deltas = telemetry::diff(&self.prev, &snap);
 
         // Every process with events this tick, every known VMM, every VM seen before.
-        let mut pids: BTreeSet<u32> = deltas.keys().copied().collect();
+        let mut vmm_pids = Vec::new();
         match identity::scan_vmms(&self.opts.proc_root) {
             Ok(vmms) => {
                 for id in vmms {
-                    pids.insert(id.pid);
+                    vmm_pids.push(id.pid);
                     self.names.insert(id.pid, info_of(&id));
                 }
             }
             Err(e) => log::warn!("cannot list processes: {e}"),
         }
+        self.attribute_kernel_events(&mut deltas, &vmm_pids);
+        let mut pids: BTreeSet<u32> = deltas.keys().copied().collect();
+        pids.extend(vmm_pids.iter().copied());
         pids.extend(self.names.keys().copied());
 
         let cgroup_root = self.opts.sys_root.join("fs/cgroup");
         let mut vms = Vec::with_capacity(pids.len());
         let mut gone = Vec::new();
         for pid in pids {
+            if pid == KERNEL_TGID {
+                // Not a process: no host metrics, never gone.
+                if let Some(delta) = deltas.remove(&pid) {
+                    vms.push(VmTick {
+                        info: kernel_info(),
+                        delta: Some(delta),
+                        host: None,
+                    });
+                }
+                continue;
+            }
             let host = match host::sample_with_clock(
                 &self.opts.proc_root,
                 &self.opts.sys_root,
@@ -178,7 +234,7 @@ impl Monitor {
         self.exited = snap
             .tgids()
             .into_iter()
-            .filter(|t| !to_forget.contains(t))
+            .filter(|t| *t != KERNEL_TGID && !to_forget.contains(t))
             .filter(|t| gone.contains(t) || !self.opts.proc_root.join(t.to_string()).exists())
             .collect();
         self.prev.advance_to(&snap);
@@ -189,5 +245,29 @@ impl Monitor {
             self.names.remove(t);
         }
         Ok(Tick { at, vms })
+    }
+
+    /// Names the devices of this tick's vfio interrupts and moves the kernel's
+    /// own VFIO/PCI events on devices held by a VMM (`vmm_pids`) to that VMM.
+    fn attribute_kernel_events(
+        &mut self,
+        deltas: &mut BTreeMap<u32, telemetry::ProcessDelta>,
+        vmm_pids: &[u32],
+    ) {
+        let irqs = attribution::unresolved_irqs(deltas);
+        if !irqs.is_empty() {
+            let found = attribution::resolve_irqs(&self.opts.sys_root, &self.opts.proc_root, irqs);
+            self.irq_names.extend(found);
+            attribution::name_irqs(deltas, &self.irq_names);
+        }
+        if attribution::kernel_devices(deltas).is_empty() || vmm_pids.is_empty() {
+            return;
+        }
+        let holders = attribution::vfio_holders(
+            &self.opts.proc_root,
+            &self.opts.sys_root,
+            vmm_pids.iter().copied(),
+        );
+        attribution::move_kernel_events(deltas, &holders);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vpm_common::{Counter, EventKind, exit};
+use vpm_common::{Counter, EventKind, exit, pci};
 
 use crate::host::HostSample;
 use crate::store::long::Row;
@@ -24,19 +24,44 @@ pub struct VmInfo {
     pub vmm: String,
 }
 
-/// Event kinds that name a device (shown in `devices`).
-const DEVICE_KINDS: [EventKind; 4] = [
-    EventKind::Pio,
-    EventKind::Mmio,
-    EventKind::Msi,
-    EventKind::Irq,
-];
+/// Whether events of `kind` name a device (shown in `devices`): every kind but
+/// the exits.
+const fn names_device(kind: EventKind) -> bool {
+    !matches!(kind, EventKind::UserspaceExit | EventKind::Exit)
+}
 
-/// Formats a device key: hex for ports and addresses, decimal for GSIs.
+/// Formats a device key: hex for ports and addresses, decimal for GSIs; a PCI
+/// address for the VFIO/PCI kinds, with their detail after a `/` (`D3hot`,
+/// `vf1`, `irq24`). An address the kernel side could not read is `unknown`.
 pub fn device_key(kind: EventKind, device: u64) -> String {
     match kind {
         EventKind::Irq | EventKind::UserspaceExit | EventKind::Exit => device.to_string(),
         EventKind::Pio | EventKind::Mmio | EventKind::Msi => format!("{device:#x}"),
+        EventKind::VfioRegionRead
+        | EventKind::VfioRegionWrite
+        | EventKind::VfioIoctl
+        | EventKind::RpmSuspend
+        | EventKind::RpmResume
+        | EventKind::SriovNumvfsStore => pci_address(device),
+        EventKind::PciPowerSet => {
+            let state = pci::key_detail(device);
+            match pci::PowerState::from_u32(state) {
+                Some(s) => format!("{}/{}", pci_address(device), s.name()),
+                None => format!("{}/state{state}", pci_address(device)),
+            }
+        }
+        EventKind::VfAdd => format!("{}/vf{}", pci_address(device), pci::key_detail(device)),
+        EventKind::VfioIntx | EventKind::VfioMsi => {
+            format!("{}/irq{}", pci_address(device), pci::key_detail(device))
+        }
+    }
+}
+
+/// The PCI address in a VFIO/PCI device key, or `unknown`.
+fn pci_address(device: u64) -> String {
+    match pci::key_bdf(device) {
+        pci::UNKNOWN_BDF => "unknown".to_owned(),
+        bdf => pci::Bdf(bdf).to_string(),
     }
 }
 
@@ -145,13 +170,15 @@ impl Window {
                 let mut devices: Vec<DeviceReport> = acc
                     .devices
                     .iter()
-                    .filter(|((k, _), _)| DEVICE_KINDS.contains(k))
+                    .filter(|((k, _), _)| names_device(*k))
                     .map(|((kind, dev), c)| DeviceReport {
                         kind: kind.name().to_owned(),
                         key: device_key(*kind, *dev),
                         count: c.count,
                         bytes: c.bytes,
                         per_s: per_s(c.count),
+                        pci: (kind.is_pci() && pci::key_bdf(*dev) != pci::UNKNOWN_BDF)
+                            .then(|| pci::Bdf(pci::key_bdf(*dev)).to_string()),
                     })
                     .collect();
                 devices.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
@@ -231,7 +258,10 @@ pub struct VmReport {
     pub uuid: Option<String>,
     /// VMM kind.
     pub vmm: String,
-    /// Event totals by kind (`pio`, `mmio`, `msi`, `irq`, `userspace_exit`, `exit`).
+    /// Event totals by kind (`pio`, `mmio`, `msi`, `irq`, `userspace_exit`, `exit`,
+    /// and the VFIO/PCI kinds `vfio_read`, `vfio_write`, `vfio_ioctl`,
+    /// `vfio_intx`, `vfio_msi`, `pci_power`, `rpm_suspend`, `rpm_resume`,
+    /// `sriov_numvfs`, `vf_add`).
     pub events: BTreeMap<String, u64>,
     /// The same as per-second rates (`pio_per_s`, …).
     pub rates: BTreeMap<String, f64>,
@@ -246,16 +276,21 @@ pub struct VmReport {
 /// One device of one VM over a window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceReport {
-    /// `pio`, `mmio`, `msi` or `irq`.
+    /// `pio`, `mmio`, `msi`, `irq`, or a VFIO/PCI kind (`vfio_read`, …).
     pub kind: String,
-    /// Port, MMIO page or MSI address in hex; GSI in decimal.
+    /// Port, MMIO page or MSI address in hex; GSI in decimal; for the VFIO/PCI
+    /// kinds the PCI address (`unknown` if not read), with `/D3hot`, `/vf1`
+    /// or `/irq24` after it for power, VF and interrupt events.
     pub key: String,
     /// Events.
     pub count: u64,
-    /// Bytes moved (PIO and MMIO).
+    /// Bytes moved (PIO and MMIO; VFIO region reads and writes).
     pub bytes: u64,
     /// Events per second.
     pub per_s: f64,
+    /// The PCI address of a VFIO/PCI event's device, when known (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci: Option<String>,
 }
 
 /// One non-empty bucket of the exit-time histogram.
@@ -317,6 +352,10 @@ impl WindowReport {
             for kind in EventKind::ALL {
                 let name = format!("{}_per_s", kind.name());
                 let v = vm.rates.get(&name).copied();
+                // VFIO/PCI kinds only where they happened: most VMs have none.
+                if kind.is_pci() && v.unwrap_or(0.0) == 0.0 {
+                    continue;
+                }
                 push(name, v);
             }
             for d in &vm.devices {
@@ -430,6 +469,92 @@ mod tests {
             .find(|r| r.resource == "dev:pio:0x3f8_per_s")
             .expect("dev row");
         assert_eq!(dev.value, 5.0);
+    }
+
+    fn pci_event(kind: EventKind, device: u64, count: u64, bytes: u64) -> DeviceDelta {
+        DeviceDelta {
+            kind,
+            device,
+            delta: Counter { count, bytes },
+        }
+    }
+
+    #[test]
+    fn vfio_pci_events_become_device_lines_with_their_address() {
+        let vf = pci::pack_bdf(0, 1, 0, 1);
+        let mut w = Window::starting_at(0.0);
+        let d = ProcessDelta {
+            devices: vec![
+                pci_event(EventKind::VfioRegionRead, pci::device_key(vf, 0), 7, 28),
+                pci_event(EventKind::PciPowerSet, pci::device_key(vf, 3), 1, 0),
+                pci_event(EventKind::VfioMsi, pci::device_key(vf, 37), 2, 0),
+                pci_event(
+                    EventKind::VfioMsi,
+                    pci::device_key(pci::UNKNOWN_BDF, 40),
+                    1,
+                    0,
+                ),
+                pci_event(
+                    EventKind::VfAdd,
+                    pci::device_key(pci::pack_bdf(0, 1, 0, 0), 1),
+                    1,
+                    0,
+                ),
+            ],
+            ..Default::default()
+        };
+        w.observe(1.0, &info(4), Some(&d), None);
+        let r = w.report();
+        let vm = &r.vms[0];
+        assert_eq!(vm.events["vfio_read"], 7);
+        assert_eq!(vm.events["vfio_msi"], 3);
+        let keys: Vec<(&str, &str, Option<&str>)> = vm
+            .devices
+            .iter()
+            .map(|d| (d.kind.as_str(), d.key.as_str(), d.pci.as_deref()))
+            .collect();
+        for expected in [
+            ("vfio_read", "0000:01:00.1", Some("0000:01:00.1")),
+            ("pci_power", "0000:01:00.1/D3hot", Some("0000:01:00.1")),
+            ("vfio_msi", "0000:01:00.1/irq37", Some("0000:01:00.1")),
+            ("vfio_msi", "unknown/irq40", None),
+            ("vf_add", "0000:01:00.0/vf1", Some("0000:01:00.0")),
+        ] {
+            assert!(keys.contains(&expected), "{expected:?} not in {keys:?}");
+        }
+        assert_eq!(vm.devices[0].bytes, 28);
+        // CSV: VFIO/PCI kinds only where they happened.
+        let rows = r.long_rows(1.0);
+        let names: Vec<&str> = rows.iter().map(|r| r.resource.as_str()).collect();
+        assert!(names.contains(&"vfio_read_per_s"), "{names:?}");
+        assert!(!names.contains(&"vfio_write_per_s"), "{names:?}");
+        assert!(
+            names.contains(&"dev:vfio_read:0000:01:00.1_per_s"),
+            "{names:?}"
+        );
+        // JSON: `pci` only on lines that have one.
+        let v = serde_json::to_value(&r).expect("json");
+        let lines = v["vms"][0]["devices"].as_array().expect("devices");
+        assert!(lines.iter().any(|l| l.get("pci").is_none()));
+        assert!(lines.iter().any(|l| l["pci"] == "0000:01:00.1"));
+    }
+
+    #[test]
+    fn kvm_only_rows_and_json_keep_their_shape() {
+        let mut w = Window::starting_at(0.0);
+        let d = ProcessDelta {
+            devices: vec![pio(0x3f8, 1)],
+            ..Default::default()
+        };
+        w.observe(1.0, &info(9), Some(&d), None);
+        let r = w.report();
+        assert!(
+            r.long_rows(1.0)
+                .iter()
+                .all(|row| !row.resource.starts_with("vfio"))
+        );
+        let v = serde_json::to_value(&r).expect("json");
+        assert!(v["vms"][0]["devices"][0].get("pci").is_none());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! vpm's eBPF programs.
 //!
+//! This file holds the KVM programs and the counting machinery; [`pci`] holds
+//! the VFIO/PCI programs.
+//!
 //! Every KVM tracepoint vpm uses has two entry points with one body: a BTF
 //! tracepoint (`tp_btf`, the cheapest: ≈ 100 ns per event on the dev hosts) and a
 //! raw tracepoint (`raw_tp`) for kernels where `tp_btf` cannot attach. Both see
@@ -8,6 +11,8 @@
 //! (VM process, kind, device); nothing is sent per event.
 #![no_std]
 #![no_main]
+
+mod pci;
 
 use aya_ebpf::{
     bindings::{BPF_EXIST, BPF_NOEXIST},
@@ -18,7 +23,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use vpm_common::{
-    CacheSlot, Counter, CounterKey, EventKind, HistKey, KIND_COUNT,
+    CACHED_KIND_COUNT, CacheSlot, Counter, CounterKey, EventKind, HistKey,
     KVM_TRACE_MMIO_READ_UNSATISFIED, MAX_COUNTER_ENTRIES, MAX_EXIT_START_ENTRIES, MAX_HIST_ENTRIES,
     MMIO_PAGE_MASK, STAT_COUNT, Stat,
     exit::{self, Entry, ExitStarts},
@@ -29,7 +34,7 @@ static COUNTERS: PerCpuHashMap<CounterKey, Counter> =
     PerCpuHashMap::with_max_entries(MAX_COUNTER_ENTRIES, 0);
 
 #[map(name = "VPM_CACHE")]
-static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(KIND_COUNT, 0);
+static CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHED_KIND_COUNT, 0);
 
 #[map(name = "VPM_GENERATION")]
 static GENERATION: Array<u64> = Array::with_max_entries(1, 0);
@@ -47,8 +52,9 @@ static EXIT_HIST: PerCpuHashMap<HistKey, u64> =
 /// `EEXIST` from `bpf_map_update_elem` with `BPF_NOEXIST` (errno 17).
 const EEXIST: i32 = 17;
 
-/// The tracepoint's arguments, whichever way the program was attached.
-trait Args {
+/// The traced function's or tracepoint's arguments, whichever way the program
+/// was attached.
+pub(crate) trait Args {
     fn arg(&self, n: usize) -> u64;
 }
 
@@ -67,7 +73,7 @@ impl Args for RawTracePointContext {
 }
 
 #[inline(always)]
-fn current_tgid() -> u32 {
+pub(crate) fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
@@ -78,7 +84,7 @@ fn current_tid() -> u32 {
 
 /// Increments `STATS[stat]` and returns the new value (0 if the slot is missing).
 #[inline(always)]
-fn bump_stat(stat: Stat) -> u64 {
+pub(crate) fn bump_stat(stat: Stat) -> u64 {
     match STATS.get_ptr_mut(stat as u32) {
         Some(slot) => {
             // SAFETY: a per-CPU array slot; tracing programs run with migration
@@ -159,6 +165,37 @@ fn count<C: aya_ebpf::EbpfContext>(ctx: &C, kind: EventKind, device: u64, bytes:
             );
         }
     }
+}
+
+/// Adds one event of `kind` on `device`, moving `bytes`, to process `tgid`,
+/// straight into `VPM_COUNTERS` (no cache slot: for the VFIO/PCI kinds, which
+/// are rare and may nest, see [`vpm_common::CACHED_KIND_COUNT`]).
+#[inline(always)]
+pub(crate) fn count_direct(tgid: u32, kind: EventKind, device: u64, bytes: u64) {
+    let key = CounterKey {
+        tgid,
+        kind: kind as u32,
+        device,
+    };
+    for _ in 0..2 {
+        if let Some(value) = COUNTERS.get_ptr_mut(&key) {
+            // SAFETY: this CPU's value of a per-CPU map entry, valid for the
+            // run; tracing programs run with migration disabled.
+            unsafe {
+                (*value).count += 1;
+                (*value).bytes += bytes;
+            }
+            return;
+        }
+        let first = Counter { count: 1, bytes };
+        match COUNTERS.insert(&key, &first, BPF_NOEXIST.into()) {
+            Ok(()) => return,
+            // Another CPU created it first; add to it.
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => break,
+        }
+    }
+    bump_stat(Stat::CounterMapFull);
 }
 
 /// This CPU's totals of `key` in `VPM_COUNTERS`, creating the entry (zero) if

@@ -1,14 +1,22 @@
 //! `vpm top`: the live per-VM view, or one batch report with `--once`.
+//!
+//! Below the per-VM table, a VFIO / PCI table (when there was any such
+//! activity) has one line per VM and PCI device: VFIO region reads and writes,
+//! device ioctls and interrupts per second, and the power and SR-IOV events as
+//! counts over the window.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use vpm::api;
 use vpm::monitor::Monitor;
 use vpm::report::{Window, WindowReport};
+use vpm_common::EventKind;
 
 use super::output::{self, Output};
 use super::{CollectArgs, duration, sleep_until, stop_flag, unix_now};
@@ -61,7 +69,12 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut source = open_source(args)?;
     if args.once {
         let report = collect_window(&mut source, args, stop)?;
-        let text = output::render(&report, args.output, unix_now())?;
+        let mut text = output::render(&report, args.output, unix_now())?;
+        if args.output == Output::Table
+            && let Some(t) = pci_table(&report)
+        {
+            text.push_str(&format!("{t}\n"));
+        }
         return output::emit(args.out.as_deref(), &text);
     }
     live(&mut source, args, stop)
@@ -123,10 +136,11 @@ fn live(
                 history.last_tick().report()
             }
         };
+        let pci = pci_table(&report).map_or_else(String::new, |t| format!("{t}\n"));
         // Clear and redraw, like top(1).
         write!(
             stdout,
-            "\x1b[H\x1b[2J\x1b[3Jvpm top - {} VMs - rates over {:.1}s - Ctrl-C to quit\n{}\n",
+            "\x1b[H\x1b[2J\x1b[3Jvpm top - {} VMs - rates over {:.1}s - Ctrl-C to quit\n{}\n{pci}",
             report.vms.len(),
             report.window_s,
             output::table(&report)
@@ -135,4 +149,210 @@ fn live(
         .context("writing to the terminal")?;
     }
     Ok(())
+}
+
+/// One VM × PCI device line of the VFIO / PCI table.
+#[derive(Debug, Default, PartialEq)]
+struct PciLine {
+    read_per_s: f64,
+    write_per_s: f64,
+    rw_bytes: u64,
+    ioctl_per_s: f64,
+    irq_per_s: f64,
+    /// Power and SR-IOV events over the window, by label.
+    events: BTreeMap<String, u64>,
+}
+
+/// The label of a power or SR-IOV event (`None` for the rate kinds).
+fn event_label(kind: &str, key: &str) -> Option<String> {
+    let detail = key.split_once('/').map(|(_, d)| d);
+    Some(match kind {
+        "rpm_suspend" => "suspend".to_owned(),
+        "rpm_resume" => "resume".to_owned(),
+        "pci_power" => format!("set {}", detail.unwrap_or("?")),
+        "sriov_numvfs" => "numvfs write".to_owned(),
+        "vf_add" => "VF added".to_owned(),
+        _ => return None,
+    })
+}
+
+/// Groups every VFIO/PCI device line of `report` by (VM, PCI address).
+fn pci_lines(report: &WindowReport) -> BTreeMap<(String, u32, String), PciLine> {
+    let mut lines: BTreeMap<(String, u32, String), PciLine> = BTreeMap::new();
+    for vm in &report.vms {
+        for d in &vm.devices {
+            let is_pci = EventKind::ALL
+                .iter()
+                .any(|k| k.is_pci() && k.name() == d.kind);
+            if !is_pci {
+                continue;
+            }
+            let device = d.pci.clone().unwrap_or_else(|| "unknown".to_owned());
+            let line = lines.entry((vm.vm.clone(), vm.pid, device)).or_default();
+            match d.kind.as_str() {
+                "vfio_read" => {
+                    line.read_per_s += d.per_s;
+                    line.rw_bytes += d.bytes;
+                }
+                "vfio_write" => {
+                    line.write_per_s += d.per_s;
+                    line.rw_bytes += d.bytes;
+                }
+                "vfio_ioctl" => line.ioctl_per_s += d.per_s,
+                "vfio_intx" | "vfio_msi" => line.irq_per_s += d.per_s,
+                kind => {
+                    if let Some(label) = event_label(kind, &d.key) {
+                        *line.events.entry(label).or_default() += d.count;
+                    }
+                }
+            }
+        }
+    }
+    lines
+}
+
+fn rate(v: f64) -> String {
+    if v == 0.0 {
+        "-".to_owned()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The VFIO / PCI table of `vpm top`, if the window had any such activity.
+fn pci_table(report: &WindowReport) -> Option<Table> {
+    let lines = pci_lines(report);
+    if lines.is_empty() {
+        return None;
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "VM",
+            "PID",
+            "VFIO/PCI DEVICE",
+            "READ/s",
+            "WRITE/s",
+            "R+W B/s",
+            "IOCTL/s",
+            "IRQ/s",
+            "POWER / SR-IOV (events in window)",
+        ]);
+    for ((vm, pid, device), l) in &lines {
+        let bytes_per_s = if report.window_s > 0.0 {
+            l.rw_bytes as f64 / report.window_s
+        } else {
+            0.0
+        };
+        let events: Vec<String> = l.events.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        t.add_row([
+            Cell::new(vm),
+            Cell::new(pid),
+            Cell::new(device),
+            Cell::new(rate(l.read_per_s)),
+            Cell::new(rate(l.write_per_s)),
+            Cell::new(rate(bytes_per_s)),
+            Cell::new(rate(l.ioctl_per_s)),
+            Cell::new(rate(l.irq_per_s)),
+            Cell::new(if events.is_empty() {
+                "-".to_owned()
+            } else {
+                events.join(", ")
+            }),
+        ]);
+    }
+    Some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpm::report::{DeviceReport, HostReport, VmReport};
+
+    fn line(kind: &str, key: &str, pci: Option<&str>, count: u64, bytes: u64) -> DeviceReport {
+        DeviceReport {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            count,
+            bytes,
+            per_s: count as f64 / 2.0,
+            pci: pci.map(str::to_owned),
+        }
+    }
+
+    fn vm(name: &str, pid: u32, devices: Vec<DeviceReport>) -> VmReport {
+        VmReport {
+            vm: name.to_owned(),
+            pid,
+            uuid: None,
+            vmm: "qemu".to_owned(),
+            events: BTreeMap::new(),
+            rates: BTreeMap::new(),
+            devices,
+            host: HostReport::default(),
+            exit_time_hist: Vec::new(),
+        }
+    }
+
+    const VF: &str = "0000:01:00.1";
+
+    #[test]
+    fn pci_lines_group_by_vm_and_device() {
+        let report = WindowReport {
+            window_s: 2.0,
+            vms: vec![
+                vm(
+                    "web",
+                    10,
+                    vec![
+                        line("pio", "0x3f8", None, 100, 100),
+                        line("vfio_read", VF, Some(VF), 8, 32),
+                        line("vfio_write", VF, Some(VF), 2, 8),
+                        line("vfio_ioctl", VF, Some(VF), 4, 0),
+                        line("vfio_msi", "0000:01:00.1/irq37", Some(VF), 6, 0),
+                        line("rpm_resume", VF, Some(VF), 1, 0),
+                        line("pci_power", "0000:01:00.1/D0", Some(VF), 1, 0),
+                    ],
+                ),
+                vm(
+                    "kernel",
+                    0,
+                    vec![
+                        line("rpm_suspend", VF, Some(VF), 2, 0),
+                        line("vfio_msi", "unknown/irq40", None, 1, 0),
+                    ],
+                ),
+            ],
+        };
+        let lines = pci_lines(&report);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let web = &lines[&("web".to_owned(), 10, VF.to_owned())];
+        assert_eq!(web.read_per_s, 4.0);
+        assert_eq!(web.write_per_s, 1.0);
+        assert_eq!(web.rw_bytes, 40);
+        assert_eq!(web.ioctl_per_s, 2.0);
+        assert_eq!(web.irq_per_s, 3.0);
+        assert_eq!(web.events["resume"], 1);
+        assert_eq!(web.events["set D0"], 1);
+        let kernel = &lines[&("kernel".to_owned(), 0, VF.to_owned())];
+        assert_eq!(kernel.events["suspend"], 2);
+        assert!(lines.contains_key(&("kernel".to_owned(), 0, "unknown".to_owned())));
+
+        let text = pci_table(&report).expect("a table").to_string();
+        assert!(text.contains("VFIO/PCI DEVICE"), "{text}");
+        assert!(text.contains("resume 1, set D0 1"), "{text}");
+        assert!(text.contains("20.0"), "bytes/s: {text}");
+    }
+
+    #[test]
+    fn no_pci_activity_no_table() {
+        let report = WindowReport {
+            window_s: 1.0,
+            vms: vec![vm("a", 1, vec![line("pio", "0x80", None, 1, 1)])],
+        };
+        assert!(pci_table(&report).is_none());
+    }
 }

@@ -3,23 +3,34 @@
 //! [`Telemetry::load`] checks privileges and tracefs, loads the embedded eBPF
 //! object and attaches each KVM tracepoint it can: as a BTF tracepoint first,
 //! a raw tracepoint next. A tracepoint the kernel lacks is reported in
-//! [`Telemetry::attachments`], never fatal. [`Telemetry::snapshot`] reads the
-//! maps (once a tick); [`Telemetry::forget`] removes an exited process's
-//! entries so the maps stay bounded under VM churn.
+//! [`Telemetry::attachments`], never fatal. It then attaches the VFIO/PCI
+//! attach points the kernel offers ([`probes`]), after writing the offsets
+//! they need ([`offsets`], from BTF read by [`btf`]); those are reported in
+//! [`Telemetry::pci_attachments`], also never fatal. [`Telemetry::snapshot`]
+//! reads the maps (once a tick); [`Telemetry::forget`] removes an exited
+//! process's entries so the maps stay bounded under VM churn.
 
+pub mod attribution;
+pub mod btf;
+pub mod offsets;
 pub mod preflight;
+pub mod probes;
 pub mod snapshot;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapError, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
-use vpm_common::{CacheSlot, Counter, CounterKey, HistKey, KIND_COUNT, STAT_COUNT, Stat, maps};
+use vpm_common::{
+    CACHED_KIND_COUNT, CacheSlot, Counter, CounterKey, HistKey, ProbeConfig, STAT_COUNT, Stat, maps,
+};
 
 pub use preflight::{BtfSource, DEFAULT_BTF, DEFAULT_TRACEFS};
+pub use probes::{Mechanism, ProbeAttachment, ProbeState};
 pub use snapshot::{DeviceDelta, ProcessDelta, Snapshot, diff};
 
 /// The eBPF object built by `build.rs`.
@@ -151,8 +162,10 @@ pub enum TelemetryError {
         #[source]
         source: MapError,
     },
-    /// Not a single counting tracepoint could be attached.
-    #[error("no kvm tracepoint could be attached: {report}")]
+    /// Not a single counting tracepoint or VFIO/PCI attach point could be attached.
+    #[error(
+        "nothing could be attached (load the kvm module: modprobe kvm_intel or kvm_amd): {report}"
+    )]
     NothingAttached {
         /// The per-tracepoint report.
         report: String,
@@ -184,15 +197,28 @@ impl Default for LoadOptions {
 pub struct Telemetry {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    pci: Vec<ProbeAttachment>,
+    offset_notes: Vec<offsets::OffsetNote>,
+    function_source: String,
     btf: BtfSource,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Telemetry {
-    /// Checks the host, loads the programs and attaches every tracepoint it can.
+    /// Checks the host, loads the programs and attaches every KVM tracepoint
+    /// and VFIO/PCI attach point it can. Fails only when nothing at all could
+    /// be attached (or the host cannot load eBPF programs).
     pub fn load(opts: &LoadOptions) -> Result<Self, TelemetryError> {
         preflight::check_privileges()?;
-        let events = preflight::kvm_events(&opts.tracefs, opts.mount_tracefs)?;
+        let events = match preflight::kvm_events(&opts.tracefs, opts.mount_tracefs) {
+            Ok(events) => events,
+            // VFIO/PCI telemetry can still work (a host without KVM loaded, the lab guest).
+            Err(e @ TelemetryError::KvmTracepointsMissing { .. }) => {
+                log::warn!("{e}; counting VFIO/PCI events only");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
 
         let (btf, btf_source) = match Btf::parse_file(&opts.btf, aya::Endianness::default()) {
             Ok(btf) => (Some(btf), BtfSource::Found(opts.btf.clone())),
@@ -230,21 +256,48 @@ impl Telemetry {
                 state,
             });
         }
+        let PciAttach {
+            attachments: pci,
+            offset_notes,
+            function_source,
+        } = attach_pci(&mut ebpf, opts, btf.as_ref())?;
         let counting = attachments.iter().any(|a| {
             matches!(a.state, AttachState::TpBtf | AttachState::RawTp(_))
                 && a.tracepoint != "kvm_entry"
-        });
+        }) || pci.iter().any(ProbeAttachment::attached);
         if !counting {
             return Err(TelemetryError::NothingAttached {
-                report: render_report(&attachments),
+                report: format!(
+                    "{}; {}",
+                    render_report(&attachments),
+                    probes::render_report(&pci)
+                ),
             });
         }
         Ok(Self {
             ebpf,
             attachments,
+            pci,
+            offset_notes,
+            function_source,
             btf: btf_source,
             logger,
         })
+    }
+
+    /// What was attached of the VFIO/PCI attach points, and how.
+    pub fn pci_attachments(&self) -> &[ProbeAttachment] {
+        &self.pci
+    }
+
+    /// Where each offset of the VFIO/PCI programs came from, or why it is unknown.
+    pub fn offset_notes(&self) -> &[offsets::OffsetNote] {
+        &self.offset_notes
+    }
+
+    /// Where the list of traceable kernel functions came from.
+    pub fn function_source(&self) -> &str {
+        &self.function_source
     }
 
     /// What was attached, and how.
@@ -404,7 +457,7 @@ impl Telemetry {
         Ok(out)
     }
 
-    /// Every CPU's cache slot, per kind: `slots[kind][cpu]`.
+    /// Every CPU's cache slot, per cached kind: `slots[kind][cpu]`.
     fn cache_slots(&self) -> Result<Vec<Vec<CacheSlot>>, TelemetryError> {
         let map = self
             .ebpf
@@ -416,7 +469,7 @@ impl Telemetry {
                 op: "open",
                 source,
             })?;
-        (0..KIND_COUNT)
+        (0..CACHED_KIND_COUNT)
             .map(|kind| {
                 array
                     .get(&kind, 0)
@@ -457,6 +510,72 @@ impl Telemetry {
             source,
         })
     }
+}
+
+/// Where vpm reads `kallsyms` when tracefs's `available_filter_functions` is unreadable.
+const PROC_ROOT: &str = "/proc";
+
+/// What [`attach_pci`] did.
+struct PciAttach {
+    attachments: Vec<ProbeAttachment>,
+    offset_notes: Vec<offsets::OffsetNote>,
+    function_source: String,
+}
+
+/// Computes and writes the VFIO/PCI programs' offsets, then attaches every
+/// VFIO/PCI attach point the kernel offers. Only a failure to write the
+/// configuration map is an error.
+fn attach_pci(
+    ebpf: &mut Ebpf,
+    opts: &LoadOptions,
+    aya_btf: Option<&Btf>,
+) -> Result<PciAttach, TelemetryError> {
+    let own_btf = match btf::Btf::read(&opts.btf, None) {
+        Ok(b) => Some(Arc::new(b)),
+        Err(e) => {
+            log::debug!("{}", error_chain(&e));
+            None
+        }
+    };
+    let btf_dir = opts.btf.parent().unwrap_or(Path::new("/sys/kernel/btf"));
+    let found = offsets::compute(own_btf.as_ref(), btf_dir, &opts.tracefs);
+    write_probe_config(ebpf, &found.config)?;
+    let functions = probes::read_functions(
+        &opts.tracefs,
+        Path::new(PROC_ROOT),
+        &probes::function_names(),
+    );
+    let kernel = probes::Kernel {
+        aya_btf,
+        btf: own_btf.as_deref(),
+        functions: &functions,
+        tracefs: &opts.tracefs,
+        config: &found.config,
+    };
+    Ok(PciAttach {
+        attachments: probes::attach_all(ebpf, &kernel),
+        offset_notes: found.notes,
+        function_source: functions.source,
+    })
+}
+
+fn write_probe_config(ebpf: &mut Ebpf, config: &ProbeConfig) -> Result<(), TelemetryError> {
+    let map = ebpf
+        .map_mut(maps::PROBE_CONFIG)
+        .ok_or(TelemetryError::MapMissing(maps::PROBE_CONFIG))?;
+    let mut array =
+        Array::<_, ProbeConfig>::try_from(map).map_err(|source| TelemetryError::Map {
+            map: maps::PROBE_CONFIG,
+            op: "open",
+            source,
+        })?;
+    array
+        .set(0, *config, 0)
+        .map_err(|source| TelemetryError::Map {
+            map: maps::PROBE_CONFIG,
+            op: "write",
+            source,
+        })
 }
 
 /// Attaches `tp` as a BTF tracepoint, else as a raw tracepoint.
