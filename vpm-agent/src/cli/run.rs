@@ -287,6 +287,11 @@ impl ForecastThread {
                 for msg in rx {
                     match msg {
                         Msg::Rows(mut rows, at) => {
+                            // vpm's own activity (its sysfs writes wake devices,
+                            // which the PCI probes count) is not demand: a
+                            // forecast of it would make vpm act for itself.
+                            let me = std::process::id();
+                            rows.retain(|r| r.pid != me);
                             // The VMs of this tick, and how many managed VFs each holds.
                             let mut vms: Vec<(String, u32)> =
                                 rows.iter().map(|r| (r.vm.clone(), r.pid)).collect();

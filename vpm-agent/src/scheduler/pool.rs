@@ -38,6 +38,10 @@ pub(crate) struct VfDemand<'a> {
     /// The VFs it needs: the forecast in whole VFs, clamped to its class,
     /// at least `held`.
     pub(crate) need: u32,
+    /// The VFs it is predicted to use: the forecast in whole VFs, capped by
+    /// its class's `max_vfs` but not raised to `min_vfs`, at least `held`.
+    /// `min_vfs` keeps VFs created; only predicted use keeps them awake.
+    pub(crate) use_need: u32,
 }
 
 impl VfDemand<'_> {
@@ -106,12 +110,14 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
             let class = ctx.class(vm);
             let forecast = peak.map_or(0, |p| vf_units(p.upper));
             let need = class.class.clamp_vfs(forecast).max(held);
+            let use_need = class.class.max_vfs.map_or(forecast, |m| forecast.min(m)).max(held);
             Some(VfDemand {
                 vm,
                 class,
                 held,
                 peak,
                 need,
+                use_need,
             })
         })
         .collect();

@@ -236,7 +236,8 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
     let counted = |window: f64| -> (Vec<VfDemand<'_>>, Vec<u32>) {
         let mut ds = demands(ctx, pf, window);
         for d in &mut ds {
-            d.need = d.need.saturating_sub(by_address(d.vm)).max(d.held);
+            // Awake for predicted use only: min_vfs keeps VFs created, not awake.
+            d.need = d.use_need.saturating_sub(by_address(d.vm)).max(d.held);
         }
         let g = grant(&ds, pool_n);
         (ds, g)
