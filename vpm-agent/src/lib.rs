@@ -24,6 +24,7 @@ pub mod monitor;
 pub mod offline;
 pub mod pipeline;
 pub mod policy;
+pub mod replay;
 pub mod report;
 pub mod scheduler;
 pub mod store;

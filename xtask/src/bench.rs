@@ -6,6 +6,10 @@
 //! `cargo xtask bench forecast` builds `bench-forecast` in release (the figures
 //! are timings of optimized code), runs it (no privileges needed) and replaces
 //! the `## forecast` section.
+//! `cargo xtask bench allocation` builds `bench-allocation` in release, runs it
+//! (no privileges needed: the host is simulated) and replaces the
+//! `## allocation` section: replays of VF demand traces through vpm, a reactive
+//! and a static policy.
 //! `cargo xtask bench hal` boots the lab guest (see `cargo xtask vm-test`) and runs
 //! `bench-hal` inside it: the latency of each device action on a real kernel; it
 //! replaces the `## hal` section.
@@ -30,7 +34,7 @@ pub struct Options {
 }
 
 /// The benchmarks there are.
-pub const BENCHMARKS: &[&str] = &["telemetry", "forecast", "hal"];
+pub const BENCHMARKS: &[&str] = &["telemetry", "forecast", "hal", "allocation"];
 
 const BENCHMARKS_FILE: &str = "BENCHMARKS.md";
 
@@ -43,6 +47,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "telemetry" => telemetry(opts.smoke),
         "forecast" => forecast(opts.smoke),
         "hal" => hal(opts.smoke),
+        "allocation" => allocation(opts.smoke),
         other => bail!(
             "unknown benchmark `{other}`; known: {}",
             BENCHMARKS.join(", ")
@@ -178,6 +183,34 @@ fn forecast(smoke: bool) -> anyhow::Result<()> {
         bench.arg("--smoke");
     }
     run_and_write("forecast", bench, smoke)
+}
+
+fn allocation(smoke: bool) -> anyhow::Result<()> {
+    // Release for the figures: a full run replays days of 10 s ticks through
+    // the forecasters and the scheduler, code the dev profile leaves
+    // unoptimized (the replay times in the section are then meaningful). The
+    // smoke pass replays short traces to check that every part runs, and
+    // reuses the test build (the dev profile).
+    let profile = if smoke { "debug" } else { "release" };
+    let mut build = util::cargo();
+    build.args(["build", "-p", "vpm-tests", "--bin", "bench-allocation"]);
+    if !smoke {
+        build.arg("--release");
+    }
+    util::run(&mut build)?;
+
+    let root = util::workspace_root();
+    let bin = target_dir().join(profile).join("bench-allocation");
+    let mut bench = Command::new(&bin);
+    // The datacenter samples live next to the workspace; the bench skips them
+    // with a note when they are absent (a user's clone).
+    bench
+        .arg("--data")
+        .arg(root.join("../shared/data/datacenter_synthetic_days.csv"));
+    if smoke {
+        bench.arg("--smoke");
+    }
+    run_and_write("allocation", bench, smoke)
 }
 
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `target/`).
@@ -320,7 +353,7 @@ mod tests {
         .unwrap_or_default();
         assert!(err.contains("unknown benchmark `nope`"), "{err}");
         assert!(
-            err.contains("telemetry") && err.contains("forecast"),
+            err.contains("telemetry") && err.contains("forecast") && err.contains("allocation"),
             "{err}"
         );
     }
