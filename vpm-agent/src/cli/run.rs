@@ -293,8 +293,12 @@ impl ForecastThread {
                             let me = std::process::id();
                             rows.retain(|r| r.pid != me);
                             // The VMs of this tick, and how many managed VFs each holds.
-                            let mut vms: Vec<(String, u32)> =
-                                rows.iter().map(|r| (r.vm.clone(), r.pid)).collect();
+                            // (pid 0 is the kernel's own work, not a VM.)
+                            let mut vms: Vec<(String, u32)> = rows
+                                .iter()
+                                .filter(|r| r.pid != 0)
+                                .map(|r| (r.vm.clone(), r.pid))
+                                .collect();
                             vms.sort();
                             vms.dedup();
                             match controller.observe(at, &vms) {

@@ -51,6 +51,8 @@ pub struct Options {
 /// driver, VFIO, 9p for the workspace, and the virtio devices the host-driver
 /// checks are tested on.
 const GUEST_MODULES: &[&str] = &[
+    // kvm.ko alone (no VMX under TCG) registers the kvm tracepoints `vpm run` attaches to.
+    "kvm",
     "nvme",
     "vfio",
     "vfio_iommu_type1",
@@ -66,7 +68,7 @@ const GUEST_MODULES: &[&str] = &[
 ];
 
 /// The guest-side test targets (`[[test]]`s of `vpm-tests` with `required-features = ["lab"]`).
-const LAB_TESTS: &[&str] = &["lab_hal", "lab_telemetry"];
+const LAB_TESTS: &[&str] = &["lab_hal", "lab_telemetry", "lab_loop"];
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;

@@ -1,0 +1,254 @@
+//! The closed loop on a real kernel (run by `cargo xtask vm-test`): `vpm run
+//! --apply` in the lab guest with a VMM-like process that uses a VF on a fixed
+//! schedule through VFIO. vpm must learn the schedule and act ahead of it:
+//! the VF pool exists before the first use, the VF is parked between uses and
+//! woken before the next, and the VF count never changes under an open VF.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vpm::executor::journal::{self, Phase};
+use vpm::executor::{Action, Journal};
+use vpm::hal::Sysfs;
+use vpm_tests::{bin, wait_until};
+
+const PF: &str = "0000:01:00.0";
+
+const POLICY: &str = r#"
+[devices]
+allow = ["0000:01:00.0"]
+
+[plan]
+horizon_s = 2
+max_actions_per_tick = 4
+preference = "balanced"
+wake_latency_s = 0.5
+
+[dwell]
+awake_s = 1
+parked_s = 1
+vf_count_s = 30
+
+[classes.lab]
+priority = 10
+min_vfs = 1
+max_vfs = 1
+
+[classes.best-effort]
+priority = 1
+
+[vms]
+rules = [{ vm = "lab-*", class = "lab" }]
+default = "best-effort"
+"#;
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
+    assert_eq!(
+        std::env::var("VPM_LAB").as_deref(),
+        Ok("1"),
+        "run with `cargo xtask vm-test`"
+    );
+    let sys = Sysfs::host();
+    let pf = PF.parse().unwrap();
+    sys.set_sriov_numvfs(pf, 0, Duration::from_secs(60))
+        .unwrap();
+    sys.set_sriov_drivers_autoprobe(pf, false).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let state = dir.path().join("state");
+    let exports = dir.path().join("exports");
+    let mut agent = Command::new(bin("vpm"))
+        .args(["run", "--apply", "--interval", "250ms", "--step", "500ms"])
+        .args([
+            "--horizons",
+            "1s,2s",
+            "--plan-interval",
+            "500ms",
+            "--export-interval",
+            "5s",
+        ])
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--export-dir")
+        .arg(&exports)
+        .arg("--socket")
+        .arg(dir.path().join("vpm.sock"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("agent.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+
+    // The user is a VMM to vpm (a `qemu-system-*` binary with `-name guest=…`)
+    // that "boots" for 8 s before its first use; its class keeps one VF ready
+    // (min_vfs), so the pool exists before the first use.
+    let user_bin = dir.path().join("qemu-system-x86_64");
+    std::fs::copy(bin("lab-vfio-user"), &user_bin).unwrap();
+    let log = dir.path().join("user.jsonl");
+    let cycles = 36;
+    let mut user = Command::new(&user_bin)
+        .args([
+            "--name",
+            "guest=lab-vm",
+            "--pf",
+            PF,
+            "--on-ms",
+            "3000",
+            "--off-ms",
+            "5000",
+        ])
+        .args(["--cycles", &cycles.to_string(), "--start-delay-ms", "8000"])
+        .arg("--log")
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let status = user.wait().unwrap();
+    let plan = Command::new(bin("vpm"))
+        .args(["plan", "--output", "json", "--socket"])
+        .arg(dir.path().join("vpm.sock"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    assert!(wait_until(Duration::from_secs(30), || agent
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some()));
+    let agent_log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        + "\nlast plan: "
+        + &plan;
+    assert!(
+        status.success(),
+        "the VFIO user failed; agent log:\n{agent_log}"
+    );
+
+    // Keep the agent's exports, the user's log and the journal for a post-mortem
+    // on the host (the guest sees the workspace at the same path).
+    let keep = Path::new("target/lab/loop");
+    let _ = std::fs::remove_dir_all(keep);
+    if std::fs::create_dir_all(keep).is_ok() {
+        for f in std::fs::read_dir(&exports).into_iter().flatten().flatten() {
+            let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
+        }
+        let _ = std::fs::copy(&log, keep.join("user.jsonl"));
+        let _ = std::fs::copy(state.join(journal::FILE_NAME), keep.join("journal.jsonl"));
+        let _ = std::fs::write(keep.join("agent.log"), &agent_log);
+    }
+    let entries = json_lines(&log);
+    let onsets: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e.get("ready").is_some())
+        .collect();
+    let closes: Vec<f64> = entries
+        .iter()
+        .filter_map(|e| e["t_close"].as_f64())
+        .collect();
+    eprintln!("onsets: {onsets:#?}");
+    assert_eq!(onsets.len(), cycles);
+    assert!(
+        onsets.iter().all(|o| o["vf"].is_string()),
+        "a use found no VF: {onsets:#?}\n{agent_log}"
+    );
+
+    // The journal: what vpm did, with read-backs.
+    let (_, journal) = Journal::open(&state).unwrap();
+    let done: Vec<&journal::Entry> = journal.iter().filter(|e| e.phase == Phase::Done).collect();
+    let parks: Vec<f64> = done
+        .iter()
+        .filter(|e| matches!(e.action, Action::Park { .. }))
+        .map(|e| e.time)
+        .collect();
+    let wakes: Vec<f64> = done
+        .iter()
+        .filter(|e| matches!(e.action, Action::Wake { .. }))
+        .map(|e| e.time)
+        .collect();
+    eprintln!(
+        "journal: {} done, {} parks, {} wakes",
+        done.len(),
+        parks.len(),
+        wakes.len()
+    );
+
+    // Never a VF-count change while the VF was open.
+    for e in done
+        .iter()
+        .filter(|e| matches!(e.action, Action::SetVfs { .. }))
+    {
+        for (o, c) in onsets
+            .iter()
+            .filter_map(|o| o["t_open"].as_f64())
+            .zip(&closes)
+        {
+            assert!(
+                !(o..=*c).contains(&e.time),
+                "VF count changed at {} while open {o}..{c}",
+                e.time
+            );
+        }
+    }
+    // Acting ahead: between two uses, vpm parked the VF (after the first use
+    // ended) and woke it again before the next onset, so the VM found it in
+    // D0. Today's calibrated upper bounds are marginal over the whole period
+    // (transition residuals widen them in every phase), so vpm does this on
+    // some cycles and keeps the VF awake or wakes it late on others; the
+    // thresholds below are what it must do at least (see the issue's notes).
+    let mut parked_between = 0;
+    let mut woken_ahead = 0;
+    for (prev, next) in onsets.iter().zip(onsets.iter().skip(1)) {
+        let (a, b) = (prev["t"].as_f64().unwrap(), next["t"].as_f64().unwrap());
+        let close = closes
+            .iter()
+            .copied()
+            .find(|c| *c > a && *c < b)
+            .unwrap_or(a);
+        let park = parks.iter().copied().find(|p| *p > close && *p < b);
+        if park.is_some() {
+            parked_between += 1;
+        }
+        let woke = park.and_then(|p| wakes.iter().copied().find(|w| *w > p && *w < b));
+        if woke.is_some() && next["ready"] == true {
+            woken_ahead += 1;
+        }
+    }
+    let late = &onsets[cycles / 2..];
+    let ready = late.iter().filter(|o| o["ready"] == true).count();
+    eprintln!(
+        "onsets: {parked_between} parked between uses, {woken_ahead} parked and woken ahead; \
+         late onsets ready: {ready}/{}",
+        late.len()
+    );
+    assert!(
+        parked_between >= 3,
+        "parked between {parked_between};\n{agent_log}"
+    );
+    assert!(
+        woken_ahead >= 1,
+        "parked and woken ahead {woken_ahead};\n{agent_log}"
+    );
+    assert!(
+        ready * 2 >= late.len(),
+        "{ready}/{} late onsets ready;\n{agent_log}",
+        late.len()
+    );
+
+    let _ = sys.set_sriov_numvfs(pf, 0, Duration::from_secs(60));
+}
