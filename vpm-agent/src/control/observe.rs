@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::hal::{Bdf, HalError, PciBackend, PciFunction, PowerState};
 use crate::policy::{Candidate, Policy};
+use crate::scheduler::state::{HeldPeak, POOL_MEMORY_S};
 use crate::scheduler::{DeviceState, DeviceUse, HostState, PfState, VfCountChange, VmState};
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ struct Seen {
 pub struct Tracker {
     devices: BTreeMap<Bdf, Seen>,
     pools: BTreeMap<Bdf, (u32, Option<VfCountChange>)>,
+    held: BTreeMap<Bdf, HeldPeak>,
 }
 
 impl Tracker {
@@ -129,6 +131,10 @@ impl Tracker {
                         None => None,
                     };
                     self.pools.insert(bdf, (sriov.num_vfs, last_change));
+                    let held = vfs.iter().filter(|v| v.user.is_held()).count();
+                    let peaks = self.held.entry(bdf).or_default();
+                    peaks.observe(now, u32::try_from(held).unwrap_or(u32::MAX));
+                    let peak_held = peaks.peak(now, POOL_MEMORY_S);
                     host.pfs.push(PfState {
                         bdf,
                         vendor: f.vendor,
@@ -137,6 +143,7 @@ impl Tracker {
                         num_vfs: sriov.num_vfs,
                         vfs,
                         last_change,
+                        peak_held,
                     });
                 }
                 None => {

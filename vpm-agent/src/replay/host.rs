@@ -133,6 +133,7 @@ pub struct SimHost {
     vms: BTreeMap<String, VmSlot>,
     vfs: BTreeMap<Bdf, VfTrack>,
     last_change: Option<VfCountChange>,
+    held_peak: crate::scheduler::state::HeldPeak,
 }
 
 fn hal(e: crate::hal::HalError) -> ReplayError {
@@ -170,6 +171,7 @@ impl SimHost {
             vms,
             vfs: BTreeMap::new(),
             last_change: None,
+            held_peak: Default::default(),
         }
     }
 
@@ -360,6 +362,10 @@ impl SimHost {
             }
         }
         self.refresh(now)?;
+        // The pool memory the agent keeps (see `PfState::peak_held`).
+        let held = self.vms.values().map(|v| v.held.len()).sum::<usize>();
+        self.held_peak
+            .observe(now, u32::try_from(held).unwrap_or(u32::MAX));
         Ok(step)
     }
 
@@ -408,6 +414,9 @@ impl SimHost {
                 wake_latency_s: None,
             });
         }
+        let peak_held = self
+            .held_peak
+            .peak(now, crate::scheduler::state::POOL_MEMORY_S);
         Ok(HostState {
             pfs: vec![PfState {
                 bdf: self.cfg.pf,
@@ -415,8 +424,9 @@ impl SimHost {
                 device: pf.device,
                 total_vfs: sriov.total_vfs,
                 num_vfs: sriov.num_vfs,
-                vfs,
                 last_change: self.last_change,
+                peak_held,
+                vfs,
             }],
             devices: Vec::new(),
             vms: self

@@ -177,7 +177,22 @@ pub(crate) fn size_pool(ctx: &Ctx<'_>, pf: &PfState) -> PoolOutcome {
     let total_need = demands
         .iter()
         .fold(u64::from(others), |acc, d| acc + u64::from(d.need));
-    let target = u32::try_from(total_need.min(u64::from(pf.total_vfs))).unwrap_or(pf.total_vfs);
+    let forecast_target =
+        u32::try_from(total_need.min(u64::from(pf.total_vfs))).unwrap_or(pf.total_vfs);
+    // Size for the peak: never below the most VFs held at once lately (a
+    // pool can only grow while none of its VFs is held).
+    let floor = pf.peak_held.min(pf.total_vfs);
+    let target = forecast_target.max(floor);
+    let peak_note = if floor > forecast_target {
+        format!(
+            "; it keeps the {} held at once within the last {} (it can grow only while \
+             no VF is held)",
+            vfs(floor),
+            secs(super::state::POOL_MEMORY_S)
+        )
+    } else {
+        String::new()
+    };
     let cur = pf.num_vfs;
 
     // Contention: more demand than the PF has VFs. Higher priority and
@@ -247,7 +262,7 @@ pub(crate) fn size_pool(ctx: &Ctx<'_>, pf: &PfState) -> PoolOutcome {
         let priority = top.map_or(0, |d| d.class.class.priority);
         let demand = top.map_or(0.0, VfDemand::upper);
         let plan = format!(
-            "{why}; the pool has {} ({free} free) for a predicted peak of {}",
+            "{why}; the pool has {} ({free} free) for a predicted peak of {}{peak_note}",
             vfs(cur),
             vfs(target)
         );
@@ -349,7 +364,7 @@ pub(crate) fn size_pool(ctx: &Ctx<'_>, pf: &PfState) -> PoolOutcome {
     }
     out.proposals.push(Proposal {
         action,
-        reason: format!("{why}: shrink the pool from {cur} to {target}"),
+        reason: format!("{why}{peak_note}: shrink the pool from {cur} to {target}"),
         vm: None,
         priority: 0,
         rank: Rank::Shrink,

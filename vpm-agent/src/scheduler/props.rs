@@ -100,6 +100,7 @@ fn pf_state(b: Bdf) -> impl Strategy<Value = PfState> {
                     num_vfs: num,
                     vfs,
                     last_change,
+                    peak_held: 0,
                 })
             })
     })

@@ -79,6 +79,7 @@ fn pf(total: u32, vfs: Vec<DeviceState>) -> PfState {
         num_vfs: u32::try_from(vfs.len()).unwrap(),
         vfs,
         last_change: None,
+        peak_held: 0,
     }
 }
 
@@ -801,4 +802,51 @@ fn a_plan_serializes_for_the_api() {
     assert_eq!(v["actions"][0]["action"]["action"], "set-vfs");
     assert_eq!(v["actions"][0]["action"]["pf"], PF);
     assert_eq!(v["actions"][0]["vm"], "web-1");
+}
+
+#[test]
+fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
+    // 4 VFs, none held right now, web-1 predicted at 1; but 3 were held at once
+    // within the last day: a shrink to the quiet moment's forecast would leave
+    // a pool that cannot grow back while any VF is held.
+    let mut the_pf = pf(8, (1..=4).map(|i| dev(vf_bdf(i))).collect());
+    the_pf.peak_held = 3;
+    let h = host(vec![the_pf], vec![], &["web-1"]);
+    let mut f = Forecasts::default();
+    want_vfs(&mut f, "web-1", &[(300.0, 0.5, 1.0)]);
+    let p = plan(NOW, &h, &f, &policy(CLASSES));
+    assert_eq!(
+        actions(&p)
+            .into_iter()
+            .filter(|a| matches!(a, Action::SetVfs { .. }))
+            .collect::<Vec<_>>(),
+        vec![Action::SetVfs {
+            pf: bdf(PF),
+            count: 3
+        }],
+        "{}",
+        reasons(&p)
+    );
+    assert!(
+        reasons(&p).contains("keeps the 3 VFs held at once"),
+        "{}",
+        reasons(&p)
+    );
+
+    // And with a recent peak of 4, nothing shrinks.
+    let mut the_pf = pf(8, (1..=4).map(|i| dev(vf_bdf(i))).collect());
+    the_pf.peak_held = 4;
+    let p = plan(
+        NOW,
+        &host(vec![the_pf], vec![], &["web-1"]),
+        &f,
+        &policy(CLASSES),
+    );
+    assert!(
+        actions(&p)
+            .iter()
+            .all(|a| !matches!(a, Action::SetVfs { .. })),
+        "{}",
+        reasons(&p)
+    );
 }

@@ -13,6 +13,44 @@ use crate::policy::Candidate;
 /// The driver a parked device is bound to (it is handed to VMs through it).
 pub const VFIO_DRIVER: &str = crate::executor::guard::VFIO_DRIVER;
 
+/// How far back [`PfState::peak_held`] looks: a day, so daily peaks are kept.
+pub const POOL_MEMORY_S: f64 = 86_400.0;
+
+/// The most VFs held at once over a sliding window, fed once a tick (a
+/// monotonic queue: O(1) amortized per sample, bounded by the samples in the
+/// window).
+#[derive(Debug, Clone, Default)]
+pub struct HeldPeak {
+    samples: std::collections::VecDeque<(f64, u32)>,
+}
+
+impl HeldPeak {
+    /// Records that `held` VFs were held at `now` (samples older than
+    /// [`POOL_MEMORY_S`] are dropped).
+    pub fn observe(&mut self, now: f64, held: u32) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|&(t, _)| now - t > POOL_MEMORY_S)
+        {
+            self.samples.pop_front();
+        }
+        while self.samples.back().is_some_and(|&(_, h)| h <= held) {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((now, held));
+    }
+
+    /// The most held at once within `window` seconds before `now` (at most
+    /// [`POOL_MEMORY_S`]).
+    pub fn peak(&self, now: f64, window: f64) -> u32 {
+        self.samples
+            .iter()
+            .find(|&&(t, _)| now - t <= window)
+            .map_or(0, |&(_, h)| h)
+    }
+}
+
 /// Everything the scheduler considers about the host at one instant.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostState {
@@ -49,6 +87,11 @@ pub struct PfState {
     pub vfs: Vec<DeviceState>,
     /// The last change of `num_vfs` (by anyone), when known.
     pub last_change: Option<VfCountChange>,
+    /// The most of its VFs held at once over the last [`POOL_MEMORY_S`]
+    /// (0 when unknown). A pool is never resized below it: every VF count
+    /// change passes through 0, so a pool that shrank to a quiet moment's
+    /// forecast could not grow back while any of its VFs is held.
+    pub peak_held: u32,
 }
 
 /// A change of a PF's VF count.
@@ -132,6 +175,22 @@ pub enum Readiness {
     Asleep,
     /// A power state vpm cannot judge (`unknown`, `error`): left alone.
     Unknown,
+}
+
+#[cfg(test)]
+mod held_peak_tests {
+    use super::HeldPeak;
+
+    #[test]
+    fn peak_slides_with_the_window() {
+        let mut p = HeldPeak::default();
+        p.observe(0.0, 3);
+        p.observe(10.0, 1);
+        p.observe(20.0, 2);
+        assert_eq!(p.peak(20.0, 100.0), 3);
+        assert_eq!(p.peak(105.0, 100.0), 2, "the 3 at t=0 left the window");
+        assert_eq!(p.peak(500.0, 100.0), 0);
+    }
 }
 
 impl DeviceState {
