@@ -23,7 +23,7 @@ struct Seen {
 pub struct Tracker {
     devices: BTreeMap<Bdf, Seen>,
     pools: BTreeMap<Bdf, (u32, Option<VfCountChange>)>,
-    held: BTreeMap<Bdf, HeldPeak>,
+    held: BTreeMap<(Bdf, String), HeldPeak>,
 }
 
 impl Tracker {
@@ -83,6 +83,32 @@ impl Tracker {
         state
     }
 
+    /// The sum over this PF's users (VMs, other processes) of the most VFs
+    /// each held at once within [`POOL_MEMORY_S`]: the peak the pool is sized
+    /// for (users that overlapped once may overlap again).
+    fn peak_held(&mut self, now: f64, pf: Bdf, vfs: &[DeviceState]) -> u32 {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for v in vfs.iter().filter(|v| v.user.is_held()) {
+            let user = match &v.user {
+                DeviceUse::Vm(n) => format!("vm:{n}"),
+                DeviceUse::Process(p) => format!("process:{p}"),
+                DeviceUse::Host(h) => format!("host:{h}"),
+                DeviceUse::Free => continue,
+            };
+            *counts.entry(user).or_default() += 1;
+        }
+        for (user, n) in counts {
+            self.held.entry((pf, user)).or_default().observe(now, n);
+        }
+        // Users whose peaks aged out are forgotten (bounded memory).
+        self.held.retain(|_, p| p.peak(now, POOL_MEMORY_S) > 0);
+        self.held
+            .iter()
+            .filter(|((b, _), _)| *b == pf)
+            .map(|(_, p)| p.peak(now, POOL_MEMORY_S))
+            .fold(0u32, u32::saturating_add)
+    }
+
     /// The host as the scheduler sees it: the PFs and devices the policy
     /// allows, who uses them, and the running `vms`.
     pub fn observe(
@@ -131,10 +157,7 @@ impl Tracker {
                         None => None,
                     };
                     self.pools.insert(bdf, (sriov.num_vfs, last_change));
-                    let held = vfs.iter().filter(|v| v.user.is_held()).count();
-                    let peaks = self.held.entry(bdf).or_default();
-                    peaks.observe(now, u32::try_from(held).unwrap_or(u32::MAX));
-                    let peak_held = peaks.peak(now, POOL_MEMORY_S);
+                    let peak_held = self.peak_held(now, bdf, &vfs);
                     host.pfs.push(PfState {
                         bdf,
                         vendor: f.vendor,

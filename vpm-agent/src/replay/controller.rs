@@ -499,6 +499,7 @@ mod tests {
                 num_vfs: num,
                 vfs,
                 last_change: None,
+                peak_held: 0,
             }],
             devices: Vec::new(),
             vms: vec![VmState { name: "a".into() }],

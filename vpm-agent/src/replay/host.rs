@@ -133,7 +133,7 @@ pub struct SimHost {
     vms: BTreeMap<String, VmSlot>,
     vfs: BTreeMap<Bdf, VfTrack>,
     last_change: Option<VfCountChange>,
-    held_peak: crate::scheduler::state::HeldPeak,
+    held_peak: BTreeMap<String, crate::scheduler::state::HeldPeak>,
 }
 
 fn hal(e: crate::hal::HalError) -> ReplayError {
@@ -363,9 +363,15 @@ impl SimHost {
         }
         self.refresh(now)?;
         // The pool memory the agent keeps (see `PfState::peak_held`).
-        let held = self.vms.values().map(|v| v.held.len()).sum::<usize>();
-        self.held_peak
-            .observe(now, u32::try_from(held).unwrap_or(u32::MAX));
+        for (vm, slot) in &self.vms {
+            if !slot.held.is_empty() {
+                let n = u32::try_from(slot.held.len()).unwrap_or(u32::MAX);
+                self.held_peak
+                    .entry(vm.clone())
+                    .or_default()
+                    .observe(now, n);
+            }
+        }
         Ok(step)
     }
 
@@ -416,7 +422,9 @@ impl SimHost {
         }
         let peak_held = self
             .held_peak
-            .peak(now, crate::scheduler::state::POOL_MEMORY_S);
+            .values()
+            .map(|p| p.peak(now, crate::scheduler::state::POOL_MEMORY_S))
+            .fold(0u32, u32::saturating_add);
         Ok(HostState {
             pfs: vec![PfState {
                 bdf: self.cfg.pf,

@@ -179,14 +179,14 @@ pub(crate) fn size_pool(ctx: &Ctx<'_>, pf: &PfState) -> PoolOutcome {
         .fold(u64::from(others), |acc, d| acc + u64::from(d.need));
     let forecast_target =
         u32::try_from(total_need.min(u64::from(pf.total_vfs))).unwrap_or(pf.total_vfs);
-    // Size for the peak: never below the most VFs held at once lately (a
-    // pool can only grow while none of its VFs is held).
+    // Size for the peak: never below what its users held at their peaks
+    // lately (a pool can only grow while none of its VFs is held).
     let floor = pf.peak_held.min(pf.total_vfs);
     let target = forecast_target.max(floor);
     let peak_note = if floor > forecast_target {
         format!(
-            "; it keeps the {} held at once within the last {} (it can grow only while \
-             no VF is held)",
+            "; it keeps the {} its users held at their peaks within the last {} (it can \
+             grow only while no VF is held)",
             vfs(floor),
             secs(super::state::POOL_MEMORY_S)
         )

@@ -806,9 +806,9 @@ fn a_plan_serializes_for_the_api() {
 
 #[test]
 fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
-    // 4 VFs, none held right now, web-1 predicted at 1; but 3 were held at once
-    // within the last day: a shrink to the quiet moment's forecast would leave
-    // a pool that cannot grow back while any VF is held.
+    // 4 VFs, none held right now, web-1 predicted at 1; but its users held 3 at
+    // their peaks within the last day: a shrink to the quiet moment's forecast
+    // would leave a pool that cannot grow back while any VF is held.
     let mut the_pf = pf(8, (1..=4).map(|i| dev(vf_bdf(i))).collect());
     the_pf.peak_held = 3;
     let h = host(vec![the_pf], vec![], &["web-1"]);
@@ -828,7 +828,7 @@ fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
         reasons(&p)
     );
     assert!(
-        reasons(&p).contains("keeps the 3 VFs held at once"),
+        reasons(&p).contains("keeps the 3 VFs its users held at their peaks"),
         "{}",
         reasons(&p)
     );

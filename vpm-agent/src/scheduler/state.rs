@@ -87,10 +87,11 @@ pub struct PfState {
     pub vfs: Vec<DeviceState>,
     /// The last change of `num_vfs` (by anyone), when known.
     pub last_change: Option<VfCountChange>,
-    /// The most of its VFs held at once over the last [`POOL_MEMORY_S`]
-    /// (0 when unknown). A pool is never resized below it: every VF count
-    /// change passes through 0, so a pool that shrank to a quiet moment's
-    /// forecast could not grow back while any of its VFs is held.
+    /// The sum over its users (VMs, other processes) of the most VFs each held
+    /// at once over the last [`POOL_MEMORY_S`] (0 when unknown). A pool is
+    /// never resized below it: every VF count change passes through 0, so a
+    /// pool sized for a quiet moment could not grow back while any of its
+    /// VFs is held, and users that overlapped once may overlap again.
     pub peak_held: u32,
 }
 
