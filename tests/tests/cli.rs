@@ -631,3 +631,76 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 4") && err.contains("horizon"), "{err}");
 }
+
+#[test]
+fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let exports = dir.path().join("exports");
+    let out = vpm()
+        .args([
+            "run",
+            "--demo",
+            "--duration",
+            "60s",
+            "--export-interval",
+            "5s",
+        ])
+        .arg("--socket")
+        .arg(dir.path().join("vpm.sock"))
+        .arg("--export-dir")
+        .arg(&exports)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read_all = |prefix: &str| -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for e in std::fs::read_dir(&exports).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(".csv") {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                rows.extend(text.lines().skip(1).map(csv_fields));
+            }
+        }
+        rows
+    };
+    // time,vm,event,vf,ready
+    let events = read_all("demo-");
+    // time,action,target,count,vm,priority,outcome,elapsed_ms,reason,message
+    let actions = read_all("actions-");
+    let applied = |kind: &str| -> Vec<(f64, String)> {
+        actions
+            .iter()
+            .filter(|a| a[1] == kind && a[6] == "applied")
+            .map(|a| (a[0].parse().unwrap(), a[2].clone()))
+            .collect()
+    };
+    let (wakes, parks) = (applied("wake"), applied("park"));
+    let woken_ahead = events
+        .iter()
+        .filter(|e| e[2] == "onset" && e[4] == "true")
+        .any(|e| {
+            let t: f64 = e[0].parse().unwrap();
+            wakes
+                .iter()
+                .any(|(w, vf)| *vf == e[3] && *w < t && t - *w < 3.0)
+        });
+    let parked_after = events.iter().filter(|e| e[2] == "release").any(|e| {
+        let t: f64 = e[0].parse().unwrap();
+        parks
+            .iter()
+            .any(|(p, vf)| *vf == e[3] && *p > t && *p - t < 10.0)
+    });
+    assert!(
+        woken_ahead && parked_after,
+        "woken ahead {woken_ahead}, parked after {parked_after}\nevents {events:?}\nactions {actions:?}"
+    );
+    // Only the simulated PF was acted on.
+    assert!(
+        actions.iter().all(|a| a[2].starts_with("0000:5e:00.")),
+        "{actions:?}"
+    );
+}

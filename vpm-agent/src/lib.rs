@@ -11,6 +11,7 @@
 //! [`control`] runs the loop (observe, plan, act) each tick.
 pub mod api;
 pub mod control;
+pub mod demo;
 pub mod executor;
 pub mod export;
 pub mod forecast;

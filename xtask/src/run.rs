@@ -12,6 +12,14 @@ pub struct Options {
     /// Build in release mode (slower to build, lighter agent).
     #[arg(long)]
     pub release: bool,
+    /// Start the built-in demo (real KVM guests with scripted device use, a
+    /// simulated SR-IOV PF) even if the host has VMs or SR-IOV devices.
+    #[arg(long, conflicts_with = "no_demo")]
+    pub demo: bool,
+    /// Never start the demo (by default it starts when the host has no VM and
+    /// no SR-IOV device).
+    #[arg(long)]
+    pub no_demo: bool,
     /// Arguments passed to `vpm run` (after `--`), e.g. `-- --interval 2s`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -40,6 +48,25 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         c
     };
     cmd.arg("run").args(&opts.args);
+    let demo = if opts.demo {
+        true
+    } else if opts.no_demo {
+        false
+    } else {
+        let (vms, sriov) = (running_vmms(), sriov_devices());
+        let auto = vms == 0 && sriov == 0;
+        if auto {
+            eprintln!(
+                "xtask: no VM and no SR-IOV device on this host: starting vpm's built-in demo \
+                 (real KVM guests with scripted device use, a simulated SR-IOV PF; --no-demo \
+                 prevents it)"
+            );
+        }
+        auto
+    };
+    if demo {
+        cmd.arg("--demo");
+    }
     eprintln!("xtask: $ {}", util::display(&cmd));
     let status = cmd
         .status()
@@ -48,4 +75,45 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("vpm run exited with {status}");
     }
     Ok(())
+}
+
+/// VMM processes running (QEMU, cloud-hypervisor, firecracker, the test VMM).
+fn running_vmms() -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+            let name = argv0.rsplit(|b| *b == b'/').next().unwrap_or_default();
+            name.starts_with(b"qemu-system-")
+                || [
+                    &b"qemu-kvm"[..],
+                    b"kvm",
+                    b"cloud-hypervisor",
+                    b"firecracker",
+                    b"vpm-testvm",
+                ]
+                .contains(&name)
+        })
+        .count()
+}
+
+/// PCI functions with SR-IOV (a `sriov_totalvfs` attribute).
+fn sriov_devices() -> usize {
+    std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("sriov_totalvfs").exists())
+                .count()
+        })
+        .unwrap_or(0)
 }

@@ -17,7 +17,7 @@ use vpm::store::long;
 use super::{CollectArgs, duration, unix_now};
 
 /// Arguments of `vpm run`.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     collect: CollectArgs,
@@ -60,6 +60,13 @@ pub struct RunArgs {
     /// How often the closed loop plans (and, with --apply, acts).
     #[arg(long, default_value = "10s", value_parser = duration)]
     plan_interval: Duration,
+    /// The built-in demo: real KVM guests from the test VMM with scripted
+    /// device use, and a simulated SR-IOV PF that the loop acts on (nothing on
+    /// the host's real devices is touched; --policy and --apply are ignored).
+    /// Ticks are short (250 ms, 500 ms steps, plans every 500 ms) so something
+    /// happens within a minute.
+    #[arg(long)]
+    demo: bool,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = duration)]
     duration: Option<Duration>,
@@ -78,6 +85,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             args.export_dir.display()
         )
     })?;
+    if args.demo {
+        return run_demo(args);
+    }
     // An invalid policy stops the agent before anything else starts.
     let policy = vpm::policy::Policy::load(&args.policy)?;
     match &policy {
@@ -123,13 +133,53 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(agent(args, monitor, controller))
+    runtime.block_on(agent(args, monitor, controller, Vec::new()))
+}
+
+/// `vpm run --demo` (see [`vpm::demo`]).
+fn run_demo(args: &RunArgs) -> anyhow::Result<()> {
+    let mut args = args.clone();
+    args.collect.interval = Duration::from_millis(250);
+    args.step = Duration::from_millis(500);
+    args.plan_interval = Duration::from_millis(500);
+    args.export_interval = args.export_interval.min(Duration::from_secs(5));
+    args.horizons = super::Durations(vec![Duration::from_secs(2), Duration::from_secs(4)]);
+    log::warn!(
+        "demo: vpm acts on a simulated SR-IOV PF ({}) only; the host's devices are left alone",
+        vpm::demo::PF
+    );
+    let policy = vpm::policy::Policy::parse(vpm::demo::POLICY, Path::new("<demo policy>"))?;
+    let sim = vpm::demo::backend();
+    let (controller, _) = vpm::control::Controller::new(
+        Box::new(Arc::clone(&sim)),
+        Some(policy),
+        true,
+        &args.export_dir.join("demo-state"),
+        vpm::executor::ApplyOptions::default(),
+    )?;
+    let monitor = Monitor::start(&args.collect.monitor_options())?;
+    log::info!("{}", monitor.attach_summary());
+    let testvm = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("vpm-testvm")))
+        .unwrap_or_else(|| PathBuf::from("vpm-testvm"));
+    let start = unix_now();
+    let demo = vpm::demo::Demo::start(&testvm, sim, &args.export_dir, start)?;
+    let preload = vpm::demo::preload(start, args.step.as_secs_f64(), &demo.pids);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(agent(&args, monitor, controller, preload));
+    drop(demo);
+    result
 }
 
 async fn agent(
     args: &RunArgs,
     mut monitor: Monitor,
     controller: vpm::control::Controller,
+    preload: Vec<long::Row>,
 ) -> anyhow::Result<()> {
     // A baseline tick before anyone can connect: the first exported tick has a
     // previous one to measure its rates against (the baseline's own events are
@@ -174,6 +224,10 @@ async fn agent(
         args.export_dir.clone(),
         args.keep,
     )?;
+    if let Some(at) = preload.last().map(|r| r.timestamp) {
+        // The demo's scripted past, so its forecasts start with history.
+        forecaster.send(Msg::Preload(preload, at));
+    }
     let mut next_export = tokio::time::Instant::now() + args.export_interval;
     let mut next_plan = tokio::time::Instant::now() + args.plan_interval;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -257,6 +311,8 @@ enum Msg {
     Rows(Vec<long::Row>, f64),
     /// Plan (and act, with --apply) at this time.
     Plan(f64),
+    /// History to learn from before the first tick (the demo's scripted past).
+    Preload(Vec<long::Row>, f64),
     /// Export forecasts stamped with this time.
     Export(f64),
 }
@@ -305,6 +361,11 @@ impl ForecastThread {
                                 Ok(usage) => rows.extend(usage),
                                 Err(e) => log::error!("reading the managed devices: {e}"),
                             }
+                            if let Err(e) = pipeline.ingest(&rows, at) {
+                                log::error!("{:#}", anyhow::Error::new(e));
+                            }
+                        }
+                        Msg::Preload(rows, at) => {
                             if let Err(e) = pipeline.ingest(&rows, at) {
                                 log::error!("{:#}", anyhow::Error::new(e));
                             }

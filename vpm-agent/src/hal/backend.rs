@@ -149,3 +149,38 @@ impl PciBackend for Roots {
         self.sys.set_power_control(bdf, control, timeout)
     }
 }
+
+/// A shared backend (the demo's simulated PF is shared by the agent and the
+/// demo's driver).
+impl<T: PciBackend + ?Sized> PciBackend for std::sync::Arc<T> {
+    fn functions(&self) -> Result<Vec<Bdf>> {
+        (**self).functions()
+    }
+    fn function(&self, bdf: Bdf) -> Result<PciFunction> {
+        (**self).function(bdf)
+    }
+    fn power_state(&self, bdf: Bdf) -> Result<Option<PowerState>> {
+        (**self).power_state(bdf)
+    }
+    fn iommu_enabled(&self) -> bool {
+        (**self).iommu_enabled()
+    }
+    fn iommu_group_devices(&self, group: u32) -> Result<Vec<Bdf>> {
+        (**self).iommu_group_devices(group)
+    }
+    fn holders(&self, f: &PciFunction) -> Result<Vec<HolderInfo>> {
+        (**self).holders(f)
+    }
+    fn host_use(&self, bdf: Bdf) -> Result<Vec<HostUse>> {
+        (**self).host_use(bdf)
+    }
+    fn set_sriov_numvfs(&self, pf: Bdf, n: u32, timeout: Duration) -> Result<NumVfsChange> {
+        (**self).set_sriov_numvfs(pf, n, timeout)
+    }
+    fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()> {
+        (**self).bind_driver(bdf, driver, timeout)
+    }
+    fn set_power_control(&self, bdf: Bdf, control: PowerControl, timeout: Duration) -> Result<()> {
+        (**self).set_power_control(bdf, control, timeout)
+    }
+}
