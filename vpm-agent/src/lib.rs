@@ -8,7 +8,8 @@
 //! and writes PCI sysfs and config space (SR-IOV, drivers, power), rooted at
 //! a path; [`policy`] is the policy file; [`scheduler`] plans device actions
 //! (pure); [`executor`] carries them out under the safety rules, journaled;
-//! [`control`] runs the loop (observe, plan, act) each tick.
+//! [`control`] runs the loop (observe, plan, act) each tick; [`demo`] is the
+//! built-in demo; [`replay`] replays demand traces through the loop.
 pub mod api;
 pub mod control;
 pub mod demo;

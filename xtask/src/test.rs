@@ -84,9 +84,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     for name in host_test_targets()? {
         privileged.args(["--test", &name]);
     }
-    privileged
-        .args(["--", "--test-threads=1"])
-        .args(&opts.args);
+    privileged.args(["--", "--test-threads=1"]).args(&opts.args);
     util::run(&mut privileged)?;
     eprintln!("xtask: privileged tests took {:.0?}", started.elapsed());
 
