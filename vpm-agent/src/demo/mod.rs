@@ -161,8 +161,14 @@ impl Demo {
         export_dir: &Path,
         start: f64,
     ) -> Result<Self, DemoError> {
-        let mut guests = Vec::new();
-        let mut pids = Vec::new();
+        // Built first, so a guest that fails to start takes the started ones
+        // down with it (Drop kills them).
+        let mut demo = Self {
+            guests: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            driver: None,
+            pids: Vec::new(),
+        };
         for (name, _) in vms() {
             let child = Command::new(testvm)
                 .args(["-name", &format!("guest={name}")])
@@ -183,8 +189,8 @@ impl Demo {
                     path: testvm.to_owned(),
                     source,
                 })?;
-            pids.push((name.to_owned(), child.id()));
-            guests.push(child);
+            demo.pids.push((name.to_owned(), child.id()));
+            demo.guests.push(child);
         }
         let path = export_dir.join(format!("demo-{:014}.csv", (start * 1000.0) as u64));
         let mut log = std::fs::File::create(&path).map_err(|source| DemoError::Log {
@@ -192,10 +198,9 @@ impl Demo {
             source,
         })?;
         let _ = writeln!(log, "time,vm,event,vf,ready");
-        let stop = Arc::new(AtomicBool::new(false));
-        let driver = {
-            let stop = Arc::clone(&stop);
-            let pids = pids.clone();
+        demo.driver = {
+            let stop = Arc::clone(&demo.stop);
+            let pids = demo.pids.clone();
             std::thread::Builder::new()
                 .name("vpm-demo".into())
                 .spawn(move || drive(&sim, &pids, start, &stop, &mut log))
@@ -203,18 +208,14 @@ impl Demo {
         };
         log::info!(
             "demo: guests {} on a simulated SR-IOV PF {PF} ({TOTAL_VFS} VFs); events in {}",
-            pids.iter()
+            demo.pids
+                .iter()
                 .map(|(n, p)| format!("{n} (pid {p})"))
                 .collect::<Vec<_>>()
                 .join(", "),
             path.display()
         );
-        Ok(Self {
-            guests,
-            stop,
-            driver,
-            pids,
-        })
+        Ok(demo)
     }
 }
 
