@@ -181,3 +181,45 @@ mod tests {
         );
     }
 }
+
+/// `f` over `items` on `threads` threads, results in order; the first error wins.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: std::sync::Mutex<Vec<Option<anyhow::Result<R>>>> =
+        std::sync::Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(items.len()).max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    let failed = r.is_err();
+                    if let Ok(mut o) = out.lock() {
+                        o[i] = Some(r);
+                    }
+                    if failed {
+                        // Stop handing out work; the error is reported below.
+                        next.store(items.len(), std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let out = out
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+    let mut results = Vec::with_capacity(items.len());
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Some(r) => results.push(r?),
+            None => bail!("item {i} was not evaluated (an earlier item failed)"),
+        }
+    }
+    Ok(results)
+}

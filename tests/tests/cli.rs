@@ -15,6 +15,19 @@ use std::time::Duration;
 use assert_cmd::prelude::*;
 use vpm_tests::{HeldVm, bin, wait_until};
 
+/// `vpm` run as the unprivileged user `nobody`, without capabilities.
+fn as_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(bin("vpm"));
+    c
+}
+
 fn vpm() -> Command {
     let mut c = Command::new(bin("vpm"));
     c.env("RUST_LOG", "info");
@@ -138,14 +151,7 @@ fn missing_btf_is_named_with_its_fix() {
 
 #[test]
 fn not_root_is_refused_with_the_fix() {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(bin("vpm"))
+    let out = as_nobody()
         .args(["top", "--once", "--standalone", "--duration", "1s"])
         .output()
         .expect("setpriv");
@@ -504,14 +510,7 @@ fn pci_actions_are_refused_without_policy_and_acting_needs_root() {
     // Readable by the unprivileged user below.
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(bin("vpm"))
+    let out = as_nobody()
         .args(["pci", "wake", &bdf, "--apply", "--policy"])
         .arg(&policy)
         .output()

@@ -163,26 +163,7 @@ fn forecast(smoke: bool) -> anyhow::Result<()> {
     // dependencies get opt-level 2 there). The smoke pass checks that every
     // part runs, not timings, so it reuses the test build (the dev profile)
     // instead of compiling polars a second time.
-    let profile = if smoke { "debug" } else { "release" };
-    let mut build = util::cargo();
-    build.args(["build", "-p", "vpm-tests", "--bin", "bench-forecast"]);
-    if !smoke {
-        build.arg("--release");
-    }
-    util::run(&mut build)?;
-
-    let root = util::workspace_root();
-    let bin = target_dir().join(profile).join("bench-forecast");
-    let mut bench = Command::new(&bin);
-    // The datacenter samples live next to the workspace; the bench skips them
-    // with a note when they are absent (a user's clone).
-    bench
-        .arg("--data")
-        .arg(root.join("../shared/data/datacenter_synthetic_days.csv"));
-    if smoke {
-        bench.arg("--smoke");
-    }
-    run_and_write("forecast", bench, smoke)
+    run_replay_bench("forecast", "bench-forecast", smoke)
 }
 
 fn allocation(smoke: bool) -> anyhow::Result<()> {
@@ -191,17 +172,22 @@ fn allocation(smoke: bool) -> anyhow::Result<()> {
     // unoptimized (the replay times in the section are then meaningful). The
     // smoke pass replays short traces to check that every part runs, and
     // reuses the test build (the dev profile).
+    run_replay_bench("allocation", "bench-allocation", smoke)
+}
+
+/// Builds `bin` (release for figures, the test build's dev profile for a
+/// smoke pass), runs it on the datacenter samples and writes section `name`.
+fn run_replay_bench(name: &str, bin: &str, smoke: bool) -> anyhow::Result<()> {
     let profile = if smoke { "debug" } else { "release" };
     let mut build = util::cargo();
-    build.args(["build", "-p", "vpm-tests", "--bin", "bench-allocation"]);
+    build.args(["build", "-p", "vpm-tests", "--bin", bin]);
     if !smoke {
         build.arg("--release");
     }
     util::run(&mut build)?;
 
     let root = util::workspace_root();
-    let bin = target_dir().join(profile).join("bench-allocation");
-    let mut bench = Command::new(&bin);
+    let mut bench = Command::new(target_dir().join(profile).join(bin));
     // The datacenter samples live next to the workspace; the bench skips them
     // with a note when they are absent (a user's clone).
     bench
@@ -210,7 +196,7 @@ fn allocation(smoke: bool) -> anyhow::Result<()> {
     if smoke {
         bench.arg("--smoke");
     }
-    run_and_write("allocation", bench, smoke)
+    run_and_write(name, bench, smoke)
 }
 
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `target/`).

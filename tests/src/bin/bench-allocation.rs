@@ -26,11 +26,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::Parser;
 use vpm::hal::Bdf;
 use vpm::pipeline::PipelineConfig;
@@ -40,7 +38,7 @@ use vpm::replay::{
     ReplayConfig, ReplayOutcome, Spare, Static, Vpm, replay,
 };
 use vpm::store::input::{self, NegativeValues, ReadOptions};
-use vpm_tests::{capture, commit};
+use vpm_tests::{capture, commit, parallel_map};
 
 /// Monday 2026-11-23 00:00:00 UTC: the generated trace starts on a Monday.
 const T0: f64 = 1_795_392_000.0;
@@ -414,46 +412,6 @@ fn input_scenario(path: &Path, policy: &Policy) -> anyhow::Result<Scenario> {
         )),
         trace,
     })
-}
-
-fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
-) -> anyhow::Result<Vec<R>> {
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<anyhow::Result<R>>>> =
-        Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.min(items.len()).max(1) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let r = f(item);
-                    let failed = r.is_err();
-                    if let Ok(mut o) = out.lock() {
-                        o[i] = Some(r);
-                    }
-                    if failed {
-                        next.store(items.len(), Ordering::Relaxed);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let out = out
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
-    let mut results = Vec::with_capacity(items.len());
-    for (i, r) in out.into_iter().enumerate() {
-        match r {
-            Some(r) => results.push(r?),
-            None => bail!("replay {i} did not run (an earlier one failed)"),
-        }
-    }
-    Ok(results)
 }
 
 // ---------------------------------------------------------------------------

@@ -35,12 +35,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use vpm_tests::{capture, commit};
+use vpm_tests::{capture, commit, parallel_map};
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use vpm::forecast::headroom::{HeadroomConfig, HeadroomController, arm_outcomes, volatility_state};
@@ -592,48 +591,6 @@ fn evaluate_group(g: &Group, opts: &EvalOptions, threads: usize) -> anyhow::Resu
         elapsed: started.elapsed(),
         controller,
     })
-}
-
-/// `f` over `items` on `threads` threads, results in order; the first error wins.
-fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
-) -> anyhow::Result<Vec<R>> {
-    let next = AtomicUsize::new(0);
-    let out: Mutex<Vec<Option<anyhow::Result<R>>>> =
-        Mutex::new((0..items.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.min(items.len()).max(1) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let r = f(item);
-                    let failed = r.is_err();
-                    if let Ok(mut o) = out.lock() {
-                        o[i] = Some(r);
-                    }
-                    if failed {
-                        // Stop handing out work; the error is reported below.
-                        next.store(items.len(), Ordering::Relaxed);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let out = out
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
-    let mut results = Vec::with_capacity(items.len());
-    for (i, r) in out.into_iter().enumerate() {
-        match r {
-            Some(r) => results.push(r?),
-            None => bail!("item {i} was not evaluated (an earlier item failed)"),
-        }
-    }
-    Ok(results)
 }
 
 fn evaluate_series(

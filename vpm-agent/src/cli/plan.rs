@@ -31,11 +31,18 @@ pub struct PlanArgs {
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let mut stream = api::connect(&args.socket)?;
     let response = api::plan(&mut stream)?;
-    let Response::Plan { plan, host, managing, apply } = response else {
+    let Response::Plan {
+        plan,
+        host,
+        managing,
+        apply,
+    } = response
+    else {
         anyhow::bail!("the agent answered something else than a plan");
     };
     if args.output == PlanOutput::Json {
-        let all = serde_json::json!({ "plan": plan, "host": host, "managing": managing, "apply": apply });
+        let all =
+            serde_json::json!({ "plan": plan, "host": host, "managing": managing, "apply": apply });
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
@@ -63,7 +70,10 @@ fn table(header: &[&str]) -> Table {
 
 /// The plan as tables.
 pub fn render(plan: &Plan) -> String {
-    let mut out = format!("plan at {:.0} (horizon {:.0} s)\n", plan.generated_at, plan.horizon_s);
+    let mut out = format!(
+        "plan at {:.0} (horizon {:.0} s)\n",
+        plan.generated_at, plan.horizon_s
+    );
     if plan.actions.is_empty() {
         out.push_str("no actions\n");
     } else {
@@ -82,7 +92,9 @@ pub fn render(plan: &Plan) -> String {
         let mut t = table(&["DEFERRED", "VM", "REASON"]);
         for d in &plan.deferred {
             t.add_row(vec![
-                d.action.map(|a| a.to_string()).unwrap_or_else(|| "shortfall".into()),
+                d.action
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "shortfall".into()),
                 d.vm.clone().unwrap_or_default(),
                 d.reason.clone(),
             ]);
@@ -92,11 +104,21 @@ pub fn render(plan: &Plan) -> String {
     if !plan.recommendations.is_empty() {
         let mut t = table(&["VM", "CLASS", "CPU REQUEST/LIMIT", "MEMORY REQUEST/LIMIT"]);
         for r in &plan.recommendations {
-            let cpu = r.cpu.as_ref().map(|s| format!("{:.2} / {:.2}", s.request, s.limit)).unwrap_or_default();
+            let cpu = r
+                .cpu
+                .as_ref()
+                .map(|s| format!("{:.2} / {:.2}", s.request, s.limit))
+                .unwrap_or_default();
             let mem = r
                 .memory
                 .as_ref()
-                .map(|s| format!("{:.0} / {:.0} MiB", s.request / 1048576.0, s.limit / 1048576.0))
+                .map(|s| {
+                    format!(
+                        "{:.0} / {:.0} MiB",
+                        s.request / 1048576.0,
+                        s.limit / 1048576.0
+                    )
+                })
                 .unwrap_or_default();
             t.add_row(vec![r.vm.clone(), r.class.clone(), cpu, mem]);
         }

@@ -99,7 +99,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             "policy {}: {} device entries allowed; {}",
             args.policy.display(),
             p.devices.allow.len(),
-            if args.apply { "acting (--apply)" } else { "dry run (add --apply to act)" }
+            if args.apply {
+                "acting (--apply)"
+            } else {
+                "dry run (add --apply to act)"
+            }
         ),
     }
     if args.apply && !vpm::executor::effective_root() {
@@ -124,7 +128,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         log::warn!(
             "journal: `{}` was interrupted by a restart; it {}",
             i.intent.action,
-            if i.took_effect { "had taken effect" } else { "had not taken effect (not re-applied)" }
+            if i.took_effect {
+                "had taken effect"
+            } else {
+                "had not taken effect (not re-applied)"
+            }
         );
     }
     let monitor = Monitor::start(&args.collect.monitor_options())?;

@@ -312,6 +312,6 @@ mod tests {
         let rows = preload(1000.0, 0.5, &[("demo-web".into(), 7)]);
         assert_eq!(rows.len(), 3 * 480);
         assert!(rows.iter().all(|r| r.timestamp < 1000.0));
-        assert_eq!(POLICY.contains(PF), true);
+        assert!(POLICY.contains(PF));
     }
 }

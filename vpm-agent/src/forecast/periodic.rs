@@ -56,7 +56,12 @@ pub fn detect_period(values: &[f64]) -> Option<usize> {
             if lag >= n {
                 return 0.0;
             }
-            dev[lag..].iter().zip(&dev[..n - lag]).map(|(a, b)| a * b).sum::<f64>() / var
+            dev[lag..]
+                .iter()
+                .zip(&dev[..n - lag])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                / var
         })
         .collect();
     let peaks: Vec<(usize, f64)> = (2..=max_lag)
@@ -107,7 +112,9 @@ mod tests {
     use super::*;
 
     fn on_off(on: usize, off: usize, n: usize) -> Vec<f64> {
-        (0..n).map(|i| if i % (on + off) < on { 1.0 } else { 0.0 }).collect()
+        (0..n)
+            .map(|i| if i % (on + off) < on { 1.0 } else { 0.0 })
+            .collect()
     }
 
     #[test]

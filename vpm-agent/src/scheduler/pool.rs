@@ -110,7 +110,11 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
             let class = ctx.class(vm);
             let forecast = peak.map_or(0, |p| vf_units(p.upper));
             let need = class.class.clamp_vfs(forecast).max(held);
-            let use_need = class.class.max_vfs.map_or(forecast, |m| forecast.min(m)).max(held);
+            let use_need = class
+                .class
+                .max_vfs
+                .map_or(forecast, |m| forecast.min(m))
+                .max(held);
             Some(VfDemand {
                 vm,
                 class,
