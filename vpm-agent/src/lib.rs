@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod offline;
 pub mod pipeline;
 pub mod policy;
+pub mod qmp;
 pub mod replay;
 pub mod report;
 pub mod scheduler;

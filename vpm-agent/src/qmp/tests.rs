@@ -1,0 +1,259 @@
+//! The client against a scripted QMP server on a real Unix socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixListener;
+
+use super::{Qmp, QmpError};
+
+const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}"#;
+
+/// What the server does when a command arrives.
+enum Reply {
+    /// Send these lines; `{id}` in a line becomes the command's id.
+    Lines(Vec<String>),
+    /// Close the connection.
+    Hang,
+    /// Say nothing.
+    Silent,
+}
+
+fn ok() -> Reply {
+    Reply::Lines(vec![r#"{"return": {}, "id": {id}}"#.into()])
+}
+
+/// Serves one client: greeting, then for each expected command the reply.
+async fn serve(script: Vec<(&'static str, Reply)>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write
+            .write_all(format!("{GREETING}\r\n").as_bytes())
+            .await
+            .unwrap();
+        for (expect, reply) in script {
+            let Ok(Some(line)) = lines.next_line().await else {
+                return;
+            };
+            let cmd: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(cmd["execute"], expect, "{line}");
+            let id = cmd["id"].as_u64().unwrap();
+            match reply {
+                Reply::Lines(ls) => {
+                    for l in ls {
+                        let l = l.replace("{id}", &id.to_string());
+                        write
+                            .write_all(format!("{l}\r\n").as_bytes())
+                            .await
+                            .unwrap();
+                    }
+                }
+                Reply::Hang => return,
+                Reply::Silent => {}
+            }
+        }
+        // Keep the connection open until the client goes.
+        while let Ok(Some(_)) = lines.next_line().await {}
+    });
+    (dir, path)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+
+#[test]
+fn handshake_query_and_events_kept() {
+    rt().block_on(async {
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            (
+                "query-status",
+                Reply::Lines(vec![
+                    r#"{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}}"#.into(),
+                    r#"{"return": {"status": "paused", "singlestep": false, "running": false}, "id": {id}}"#.into(),
+                ]),
+            ),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        assert_eq!(q.version(), Some("7.2.0"));
+        let s = q.query_status().await.unwrap();
+        assert!(!s.running);
+        assert_eq!(s.status, "paused");
+        let events = q.take_events();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].name, "STOP");
+    });
+}
+
+#[test]
+fn error_answers_are_typed() {
+    rt().block_on(async {
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            (
+                "device_add",
+                Reply::Lines(vec![
+                    r#"{"id": {id}, "error": {"class": "GenericError", "desc": "Bus 'pcie.0' does not support hotplugging"}}"#.into(),
+                ]),
+            ),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let err = q
+            .device_add_vfio("vf0", "0000:01:00.1", "pcie.0")
+            .await
+            .unwrap_err();
+        match &err {
+            QmpError::Command { command, class, desc, .. } => {
+                assert_eq!(command, "device_add");
+                assert_eq!(class, "GenericError");
+                assert!(desc.contains("does not support hotplugging"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.outcome_unknown());
+        assert!(err.to_string().contains("qmp.sock"));
+    });
+}
+
+#[test]
+fn device_del_waits_for_its_event_before_or_after_the_answer() {
+    let deleted = |id: &str| {
+        format!(
+            r#"{{"event": "DEVICE_DELETED", "data": {{"device": "{id}", "path": "/machine/peripheral/{id}"}}, "timestamp": {{"seconds": 2, "microseconds": 0}}}}"#
+        )
+    };
+    rt().block_on(async {
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            // The event comes first, then the answer.
+            (
+                "device_del",
+                Reply::Lines(vec![deleted("a"), r#"{"return": {}, "id": {id}}"#.into()]),
+            ),
+            // The answer, another device's event, then ours.
+            (
+                "device_del",
+                Reply::Lines(vec![
+                    r#"{"return": {}, "id": {id}}"#.into(),
+                    deleted("other"),
+                    deleted("b"),
+                ]),
+            ),
+            // The answer and never the event.
+            ("device_del", ok()),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        q.device_del("a", SHORT).await.unwrap();
+        q.device_del("b", SHORT).await.unwrap();
+        let err = q.device_del("c", SHORT).await.unwrap_err();
+        assert!(
+            matches!(&err, QmpError::Timeout { during, .. } if during.contains("DEVICE_DELETED of c")),
+            "{err}"
+        );
+        assert!(err.outcome_unknown());
+        // The unrelated event was kept.
+        assert!(q.take_events().iter().any(|e| e.is_device_deleted("other")));
+    });
+}
+
+#[test]
+fn monitor_gone_or_silent_mid_command() {
+    rt().block_on(async {
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            ("device_add", Reply::Hang),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let err = q
+            .device_add_vfio("vf0", "0000:01:00.1", "rp1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, QmpError::Closed { during, .. } if during == "running device_add"),
+            "{err}"
+        );
+        assert!(err.outcome_unknown());
+
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            ("query-pci", Reply::Silent),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let err = q.query_pci().await.unwrap_err();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+    });
+}
+
+#[test]
+fn not_a_monitor() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Qmp::connect(&dir.path().join("nothing.sock"), SHORT)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, QmpError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("-qmp unix:"));
+
+        // An HMP-style server that greets in text.
+        let path = dir.path().join("hmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"QEMU 7.2.0 monitor - type 'help'\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let err = Qmp::connect(&path, SHORT).await.err().unwrap();
+        assert!(matches!(err, QmpError::Protocol { .. }), "{err}");
+    });
+}
+
+#[test]
+fn query_pci_and_qom() {
+    rt().block_on(async {
+        let pci = json!([{"bus": 0, "devices": [{"bus": 0, "slot": 2, "function": 0,
+            "id": {"vendor": 6966, "device": 12}, "qdev_id": "rp1",
+            "pci_bridge": {"devices": [{"bus": 1, "slot": 0, "function": 0,
+                "id": {"vendor": 6966, "device": 16}, "qdev_id": "vf0"}]}}]}]);
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            ("query-pci", Reply::Lines(vec![format!(r#"{{"return": {pci}, "id": {{id}}}}"#)])),
+            (
+                "qom-list",
+                Reply::Lines(vec![
+                    r#"{"return": [{"name": "type", "type": "string"}, {"name": "vf0", "type": "child<vfio-pci>"}], "id": {id}}"#.into(),
+                ]),
+            ),
+            ("qom-get", Reply::Lines(vec![r#"{"return": "0000:01:00.1", "id": {id}}"#.into()])),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let devs = q.query_pci().await.unwrap();
+        assert_eq!(devs[1].qdev_id, "vf0");
+        assert_eq!(devs[1].behind.as_deref(), Some("rp1"));
+        let children = q.qom_list("/machine/peripheral").await.unwrap();
+        assert_eq!(children[1].child_type(), Some("vfio-pci"));
+        let host = q.qom_get("/machine/peripheral/vf0", "host").await.unwrap();
+        assert_eq!(host, json!("0000:01:00.1"));
+    });
+}
