@@ -75,7 +75,7 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
     };
     let roots = args.roots.roots();
     // Acting is journaled; an action a crash interrupted is resolved first.
-    vpm::executor::check_privileges(action, args.apply)?;
+    vpm::executor::check_privileges(&action, args.apply)?;
     let mut journal = None;
     if args.apply {
         let (mut j, entries) = vpm::executor::Journal::open(&args.state_dir)?;

@@ -93,6 +93,7 @@ pub fn render(plan: &Plan) -> String {
         for d in &plan.deferred {
             t.add_row(vec![
                 d.action
+                    .as_ref()
                     .map(|a| a.to_string())
                     .unwrap_or_else(|| "shortfall".into()),
                 d.vm.clone().unwrap_or_default(),

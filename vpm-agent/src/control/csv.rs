@@ -25,10 +25,12 @@ pub const ACTIONS_HEADER: &str =
 
 /// `(name, target, count)` of an action for the CSV columns.
 pub fn columns(action: &Action) -> (&'static str, String, String) {
-    match *action {
+    match action {
         Action::SetVfs { pf, count } => ("set-vfs", pf.to_string(), count.to_string()),
         Action::Park { bdf } => ("park", bdf.to_string(), String::new()),
         Action::Wake { bdf } => ("wake", bdf.to_string(), String::new()),
+        Action::Attach { vf, .. } => ("attach", vf.to_string(), String::new()),
+        Action::Detach { vf, .. } => ("detach", vf.to_string(), String::new()),
     }
 }
 

@@ -159,11 +159,11 @@ impl Controller {
         }
         let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
         for planned in &plan.actions {
-            let before = self.pool_size(planned.action);
+            let before = self.pool_size(&planned.action);
             let result = executor::execute_on(
                 self.backend.as_ref(),
                 Some(&self.policy),
-                planned.action,
+                planned.action.clone(),
                 self.apply,
                 &self.opts,
                 self.journal.as_mut(),
@@ -175,7 +175,7 @@ impl Controller {
                         .iter()
                         .filter_map(|s| s.elapsed_ms)
                         .sum::<f64>();
-                    if let (Action::SetVfs { pf, count }, Some(from)) = (planned.action, before) {
+                    if let (&Action::SetVfs { pf, count }, Some(from)) = (&planned.action, before) {
                         self.tracker.pool_changed(pf, from, count, now);
                     }
                     (Outcome::Applied, Some(ms), None)
@@ -199,7 +199,7 @@ impl Controller {
             if self.records.len() < MAX_PENDING {
                 self.records.push(ActionRecord {
                     time: now,
-                    action: planned.action,
+                    action: planned.action.clone(),
                     vm: planned.vm.clone(),
                     priority: planned.priority,
                     reason: planned.reason.clone(),
@@ -216,8 +216,8 @@ impl Controller {
         self.plan.insert(plan)
     }
 
-    fn pool_size(&self, action: Action) -> Option<u32> {
-        match action {
+    fn pool_size(&self, action: &Action) -> Option<u32> {
+        match *action {
             Action::SetVfs { pf, .. } => self
                 .host
                 .pfs

@@ -66,6 +66,37 @@ pub enum ApplyError {
         /// How long vpm waited.
         after: Duration,
     },
+    /// The hypervisor refused or did not confirm a hot-plug request.
+    #[error("{message}{}", if *.outcome_unknown { " (no answer: the VF may or may not be attached; the journal records what the VFIO holders show)" } else { "" })]
+    Hotplug {
+        /// The action.
+        action: String,
+        /// What failed.
+        message: String,
+        /// Whether the request may have taken effect anyway.
+        outcome_unknown: bool,
+    },
+    /// After a hot-plug change the VM's process did not (or still did) hold the VF.
+    #[error(
+        "pid {pid} {} {vf} through VFIO {after:?} after the hypervisor confirmed the change",
+        if *.expected_held { "did not hold" } else { "still held" }
+    )]
+    Holder {
+        /// The VF.
+        vf: crate::hal::Bdf,
+        /// The VM's process.
+        pid: u32,
+        /// Whether it was expected to hold it.
+        expected_held: bool,
+        /// How long vpm waited.
+        after: Duration,
+    },
+    /// A hot-plug action reached an executor without a hypervisor connection.
+    #[error("{action} needs a hypervisor connection (QMP); this executor has none")]
+    NoHypervisor {
+        /// The action.
+        action: String,
+    },
 }
 
 /// The steps `action` takes on a device in the state `facts` describe.
@@ -104,6 +135,9 @@ pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
             )));
             out
         }
+        Action::Attach { .. } | Action::Detach { .. } => vec![Step::planned(format!(
+            "{action}: through the VM's QMP monitor"
+        ))],
         Action::Wake { bdf } => vec![Step::planned(format!(
             "{bdf}: write on to power/control, wait for D0"
         ))],
@@ -147,6 +181,11 @@ pub fn apply(
             sys.set_power_control(bdf, PowerControl::On, opts.write_timeout)?;
             wait_for(sys, bdf, PowerState::D0, opts.settle_timeout)?;
             done.push(timed(format!("{bdf}: power/control=on → D0"), started));
+        }
+        Action::Attach { .. } | Action::Detach { .. } => {
+            return Err(ApplyError::NoHypervisor {
+                action: action.to_string(),
+            });
         }
     }
     Ok(done)

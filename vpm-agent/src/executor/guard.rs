@@ -84,6 +84,22 @@ pub enum Refusal {
         /// The device.
         bdf: Bdf,
     },
+    /// A VF to hand to a VM is not bound to vfio-pci.
+    NotVfioBound {
+        /// The device.
+        bdf: Bdf,
+        /// Its driver.
+        driver: Option<String>,
+    },
+    /// A VF to hand to a VM is already open through VFIO.
+    InUse {
+        /// The device.
+        bdf: Bdf,
+        /// Who holds it.
+        holders: Vec<HolderInfo>,
+    },
+    /// A VM-level hot-plug rule.
+    Vm(super::hotplug::VmRefusal),
     /// Another function of the group is bound to a host driver.
     GroupUnsafe {
         /// The device.
@@ -167,6 +183,17 @@ impl fmt::Display for Refusal {
                     list.join(", ")
                 )
             }
+            Refusal::NotVfioBound { bdf, driver } => write!(
+                f,
+                "{bdf} is bound to {}, not {VFIO_DRIVER}; park it first                  (`vpm pci park {bdf} --apply` binds it to {VFIO_DRIVER})",
+                driver.as_deref().unwrap_or("no driver")
+            ),
+            Refusal::InUse { bdf, holders } => write!(
+                f,
+                "{bdf} is already open through VFIO by {}; a VF goes to one VM at a time",
+                holders_text(holders)
+            ),
+            Refusal::Vm(r) => write!(f, "{r}"),
             Refusal::IommuOff => write!(
                 f,
                 "no IOMMU is enabled, so VFIO cannot isolate devices: enable VT-d/AMD-Vi in \
@@ -204,8 +231,8 @@ pub fn check(action: &Action, facts: &Facts) -> Vec<Refusal> {
     } else if !facts.allowed {
         out.push(Refusal::NotAllowed { bdf });
     }
-    match *action {
-        Action::SetVfs { count, .. } => match &facts.function.sriov {
+    match action {
+        &Action::SetVfs { count, .. } => match &facts.function.sriov {
             None => out.push(Refusal::NotSriov { bdf }),
             Some(sriov) => {
                 if count > sriov.total_vfs {
@@ -248,6 +275,24 @@ pub fn check(action: &Action, facts: &Facts) -> Vec<Refusal> {
             out.extend(vfio_ready(facts));
         }
         Action::Wake { .. } => {}
+        Action::Attach { .. } => {
+            if facts.function.driver.as_deref() != Some(VFIO_DRIVER) {
+                out.push(Refusal::NotVfioBound {
+                    bdf,
+                    driver: facts.function.driver.clone(),
+                });
+            }
+            if !facts.holders.is_empty() {
+                out.push(Refusal::InUse {
+                    bdf,
+                    holders: facts.holders.clone(),
+                });
+            }
+            out.extend(vfio_ready(facts));
+        }
+        // Taking a VF back is the hypervisor's hot-unplug; the VM-level
+        // rules (class, attachment) are in `hotplug::check`.
+        Action::Detach { .. } => {}
     }
     out
 }

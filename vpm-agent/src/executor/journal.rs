@@ -58,6 +58,9 @@ pub struct DeviceState {
     pub power_control: Option<String>,
     /// `power_state`.
     pub power_state: Option<String>,
+    /// The processes holding it through VFIO.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
 
 impl DeviceState {
@@ -65,17 +68,18 @@ impl DeviceState {
     pub fn read(sys: &dyn PciBackend, bdf: Bdf) -> Result<Self, HalError> {
         let f = sys.function(bdf)?;
         Ok(Self {
-            num_vfs: f.sriov.map(|s| s.num_vfs),
-            driver: f.driver,
-            power_control: f.power_control.map(|c| c.to_string()),
-            power_state: f.power_state.map(|s| s.to_string()),
+            num_vfs: f.sriov.as_ref().map(|s| s.num_vfs),
+            driver: f.driver.clone(),
+            power_control: f.power_control.as_ref().map(|c| c.to_string()),
+            power_state: f.power_state.as_ref().map(|s| s.to_string()),
+            holders: sys.holders(&f)?.iter().map(|h| h.pid).collect(),
         })
     }
 
     /// Whether this state is what `action` sets out to reach.
     pub fn satisfies(&self, action: &Action) -> bool {
-        match *action {
-            Action::SetVfs { count, .. } => self.num_vfs == Some(count),
+        match action {
+            &Action::SetVfs { count, .. } => self.num_vfs == Some(count),
             Action::Park { .. } => {
                 self.driver.as_deref() == Some(super::guard::VFIO_DRIVER)
                     && self.power_control.as_deref() == Some(PowerControl::Auto.as_str())
@@ -84,6 +88,8 @@ impl DeviceState {
                 self.power_control.as_deref() == Some(PowerControl::On.as_str())
                     && self.power_state.as_deref() == Some(&PowerState::D0.to_string())
             }
+            Action::Attach { vm, .. } => self.holders.contains(&vm.pid),
+            Action::Detach { vm, .. } => !self.holders.contains(&vm.pid),
         }
     }
 }
@@ -236,7 +242,7 @@ impl Journal {
                 seq: intent.seq,
                 time,
                 phase: Phase::Reconciled,
-                action: intent.action,
+                action: intent.action.clone(),
                 state: state.clone(),
                 note: Some(note),
             })?;
@@ -324,12 +330,12 @@ mod tests {
         let a = Action::Wake {
             bdf: bdf("0000:01:00.1"),
         };
-        let seq = j.intent(1.0, a).unwrap();
+        let seq = j.intent(1.0, a.clone()).unwrap();
         j.append(&Entry {
             seq,
             time: 2.0,
             phase: Phase::Done,
-            action: a,
+            action: a.clone(),
             state: None,
             note: None,
         })

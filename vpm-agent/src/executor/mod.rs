@@ -9,14 +9,17 @@ pub mod action;
 pub mod apply;
 pub mod facts;
 pub mod guard;
+pub mod hotplug;
 pub mod journal;
 
 use serde::Serialize;
 
 pub use action::Action;
+pub use action::VmRef;
 pub use apply::{ApplyError, ApplyOptions, Step};
 pub use facts::{Facts, Roots};
 pub use guard::Refusal;
+pub use hotplug::{Attachment, Hotplug, HotplugError, VmFacts};
 pub use journal::{Journal, JournalError};
 
 use crate::hal::{HalError, PciBackend};
@@ -87,8 +90,8 @@ pub fn execute(
     opts: &ApplyOptions,
     journal: Option<&mut Journal>,
 ) -> Result<Report, ExecuteError> {
-    check_privileges(action, apply)?;
-    execute_on(backend, policy, action, apply, opts, journal)
+    check_privileges(&action, apply)?;
+    execute_with(backend, None, policy, action, apply, opts, journal)
 }
 
 /// [`execute`] without the privilege check, for backends that need none (the
@@ -101,52 +104,119 @@ pub fn execute_on(
     opts: &ApplyOptions,
     journal: Option<&mut Journal>,
 ) -> Result<Report, ExecuteError> {
+    execute_with(backend, None, policy, action, apply, opts, journal)
+}
+
+/// [`execute_on`] with a hypervisor connection for hot-plug actions
+/// (`Attach`, `Detach`); without one they fail with
+/// [`ApplyError::NoHypervisor`]. No privilege check: callers acting on the
+/// real host call [`check_privileges`] first.
+pub fn execute_with(
+    backend: &dyn PciBackend,
+    hypervisor: Option<&dyn Hotplug>,
+    policy: Option<&Policy>,
+    action: Action,
+    apply: bool,
+    opts: &ApplyOptions,
+    journal: Option<&mut Journal>,
+) -> Result<Report, ExecuteError> {
     let bdf = action.target();
     let facts = facts::gather(backend, policy, bdf)
         .map_err(|source| ExecuteError::Facts { bdf, source })?;
-    let refusals = guard::check(&action, &facts);
+    let mut refusals = guard::check(&action, &facts);
+    let vm_facts = match (action.vm(), hypervisor) {
+        (Some(vm), Some(hv)) => {
+            let vm_facts = hv.vm_facts(vm);
+            refusals.extend(
+                hotplug::check(&action, policy, &vm_facts)
+                    .into_iter()
+                    .map(Refusal::Vm),
+            );
+            Some(vm_facts)
+        }
+        _ => None,
+    };
     if !refusals.is_empty() {
         return Err(ExecuteError::Refused { action, refusals });
     }
     if !apply {
+        let steps = match &vm_facts {
+            Some(v) => hotplug::steps(&action, v),
+            None => apply::steps(&action, &facts),
+        };
         return Ok(Report {
             action,
             applied: false,
-            steps: apply::steps(&action, &facts),
-        });
-    }
-    let Some(journal) = journal else {
-        let steps = apply::apply(backend, &action, &facts, opts)
-            .map_err(|source| ExecuteError::Failed { action, source })?;
-        return Ok(Report {
-            action,
-            applied: true,
             steps,
         });
+    }
+    let run = |action: &Action| match hypervisor {
+        Some(hv) if action.vm().is_some() => hotplug::apply(backend, hv, action, opts),
+        _ => apply::apply(backend, action, &facts, opts),
     };
-    let seq = journal.intent(crate::units::unix_now(), action)?;
+    let Some(journal) = journal else {
+        return match run(&action) {
+            Ok(steps) => Ok(Report {
+                action,
+                applied: true,
+                steps,
+            }),
+            Err(source) => Err(ExecuteError::Failed { action, source }),
+        };
+    };
+    let seq = journal.intent(crate::units::unix_now(), action.clone())?;
     failpoint("after-intent");
-    let result = apply::apply(backend, &action, &facts, opts);
+    let result = run(&action);
     failpoint("after-apply");
     let state = journal::DeviceState::read(backend, bdf).ok();
     let (phase, note) = match &result {
         Ok(_) => (journal::Phase::Done, None),
-        Err(e) => (journal::Phase::Failed, Some(e.to_string())),
+        Err(e) => (
+            journal::Phase::Failed,
+            Some(failure_note(&action, e, state.as_ref())),
+        ),
     };
     journal.append(&journal::Entry {
         seq,
         time: crate::units::unix_now(),
         phase,
-        action,
+        action: action.clone(),
         state,
         note,
     })?;
-    let steps = result.map_err(|source| ExecuteError::Failed { action, source })?;
-    Ok(Report {
-        action,
-        applied: true,
-        steps,
-    })
+    match result {
+        Ok(steps) => Ok(Report {
+            action,
+            applied: true,
+            steps,
+        }),
+        Err(source) => Err(ExecuteError::Failed { action, source }),
+    }
+}
+
+/// The journal's note for a failed action: the error, and for a hot-plug
+/// action where the VF is now (who holds it, its power state), so the
+/// journal says exactly what state it was left in.
+fn failure_note(action: &Action, e: &ApplyError, state: Option<&journal::DeviceState>) -> String {
+    let Some(vm) = action.vm() else {
+        return e.to_string();
+    };
+    let vf = action.target();
+    let Some(state) = state else {
+        return format!("{e}; {vf} could not be read back");
+    };
+    let held = if state.holders.contains(&vm.pid) {
+        format!("{vf} is attached to {vm} (pid {} holds it)", vm.pid)
+    } else if state.holders.is_empty() {
+        format!("{vf} is not attached to any VM (no VFIO holder)")
+    } else {
+        format!("{vf} is held by pid(s) {:?}", state.holders)
+    };
+    format!(
+        "{e}; {held}; power_state {}, power/control {}",
+        state.power_state.as_deref().unwrap_or("?"),
+        state.power_control.as_deref().unwrap_or("?")
+    )
 }
 
 /// Crash-test hook: `VPM_FAILPOINT=after-intent` (or `after-apply`) aborts the
@@ -161,9 +231,11 @@ fn failpoint(name: &str) {
 
 /// Acting (`apply`) needs root: holders in other users' processes are invisible
 /// otherwise, so the safety rules could not be trusted.
-pub fn check_privileges(action: Action, apply: bool) -> Result<(), ExecuteError> {
+pub fn check_privileges(action: &Action, apply: bool) -> Result<(), ExecuteError> {
     if apply && !effective_root() {
-        return Err(ExecuteError::NotRoot { action });
+        return Err(ExecuteError::NotRoot {
+            action: action.clone(),
+        });
     }
     Ok(())
 }
@@ -316,7 +388,7 @@ mod tests {
             Action::SetVfs { pf, count: 4 },
             Action::Park { bdf: vf },
         ] {
-            let err = run(&sim, &policy, &opts, &mut j, action).unwrap_err();
+            let err = run(&sim, &policy, &opts, &mut j, action.clone()).unwrap_err();
             assert!(
                 matches!(err, ExecuteError::Refused { .. }),
                 "{action}: {err}"

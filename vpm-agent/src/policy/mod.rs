@@ -25,6 +25,7 @@
 //! ```
 
 mod devices;
+mod hotplug;
 mod qos;
 mod raw;
 mod settings;
@@ -36,6 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use devices::{Candidate, DeviceMatch, Devices};
+pub use hotplug::HotplugSettings;
 pub use qos::{ClassRef, Headroom, QosClass, builtin_classes};
 pub use settings::{Dwell, MAX_HORIZON_S, PlanSettings, Preference};
 pub use vms::{DEFAULT_CLASS, Glob, VmClasses, VmRule};
@@ -60,6 +62,8 @@ pub struct Policy {
     pub plan: PlanSettings,
     /// Minimum times between changes.
     pub dwell: Dwell,
+    /// Where the VMs' monitors are and which ports vpm may plug into.
+    pub hotplug: HotplugSettings,
     /// QoS classes by name.
     pub classes: BTreeMap<String, QosClass>,
     /// Which VM is in which class.
@@ -74,6 +78,7 @@ impl Default for Policy {
             devices: Devices::default(),
             plan: PlanSettings::default(),
             dwell: Dwell::default(),
+            hotplug: HotplugSettings::default(),
             classes: builtin_classes().into_iter().collect(),
             vms: VmClasses::default(),
         }
@@ -193,6 +198,13 @@ mod tests {
             "min_vfs",
             "max_vfs",
             "hotplug",
+            "max_attached",
+            "detach",
+            "[hotplug]",
+            "ports",
+            "monitor",
+            "command_timeout_s",
+            "unplug_timeout_s",
             "preempt_dwell",
             "[vms]",
             "rules",

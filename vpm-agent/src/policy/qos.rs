@@ -40,9 +40,13 @@ pub struct QosClass {
     /// At most this many VFs of one PF are provisioned for a VM of the class
     /// (`None`: no limit but the PF's).
     pub max_vfs: Option<u32>,
-    /// Whether VMs of this class may receive hot-plugged devices later
-    /// (opt-in; vpm does not hot-plug yet, the flag is carried for it).
+    /// Whether VMs of this class may receive hot-plugged VFs over QMP (opt-in).
     pub hotplug: bool,
+    /// At most this many VFs hot-plugged into one VM of the class.
+    pub max_attached: u32,
+    /// Whether vpm may take a hot-plugged VF back from a VM of this class
+    /// (hot-unplug). `false` for `guaranteed`: what it was given it keeps.
+    pub detach: bool,
     /// Whether this class's predicted demand may cut a dwell short (wake a
     /// device parked less than `[dwell] parked_s` ago, regrow a VF pool
     /// shrunk less than `[dwell] vf_count_s` ago). Plans say so in the reason.
@@ -59,6 +63,8 @@ impl QosClass {
         min_vfs: 0,
         max_vfs: None,
         hotplug: false,
+        max_attached: 0,
+        detach: true,
         preempt_dwell: false,
     };
 
@@ -82,12 +88,15 @@ pub struct ClassRef<'a> {
 /// quantile 0.99, may cut a dwell short), `burstable` (200, 0.95) and
 /// `best-effort` (100, 0.80).
 pub fn builtin_classes() -> Vec<(String, QosClass)> {
-    let class = |priority, q, preempt_dwell| QosClass {
+    let class = |priority, q, preempt_dwell: bool| QosClass {
         priority,
         headroom: Headroom::Quantile(q),
         min_vfs: 0,
         max_vfs: None,
         hotplug: false,
+        max_attached: 1,
+        // What a guaranteed VM was given, it keeps.
+        detach: !preempt_dwell,
         preempt_dwell,
     };
     vec![
@@ -113,8 +122,20 @@ pub(crate) struct RawClass {
     max_vfs: Option<u32>,
     #[serde(default)]
     hotplug: bool,
+    #[serde(default = "default_max_attached")]
+    max_attached: u32,
+    #[serde(default = "default_true")]
+    detach: bool,
     #[serde(default)]
     preempt_dwell: bool,
+}
+
+fn default_max_attached() -> u32 {
+    1
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_priority() -> u32 {
@@ -164,6 +185,8 @@ impl RawClass {
             min_vfs: self.min_vfs,
             max_vfs: self.max_vfs,
             hotplug: self.hotplug,
+            max_attached: self.max_attached,
+            detach: self.detach,
             preempt_dwell: self.preempt_dwell,
         })
     }

@@ -9,6 +9,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::hotplug::HotplugSettings;
 use super::qos::{QosClass, RawClass, builtin_classes};
 use super::settings::{Dwell, PlanSettings};
 use super::vms::{DEFAULT_CLASS, Glob, VmClasses, VmRule};
@@ -24,6 +25,8 @@ pub(crate) struct RawPolicy {
     plan: PlanSettings,
     #[serde(default)]
     dwell: Dwell,
+    #[serde(default)]
+    hotplug: HotplugSettings,
     #[serde(default)]
     classes: Option<BTreeMap<String, Spanned<RawClass>>>,
     #[serde(default)]
@@ -150,6 +153,7 @@ impl RawPolicy {
             devices: self.devices,
             plan: self.plan,
             dwell: self.dwell,
+            hotplug: self.hotplug,
             classes,
             vms: VmClasses { rules, default },
         })

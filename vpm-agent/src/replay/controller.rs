@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::scheduler::{self, Deferred, Forecasts, HostState, PfState, Point, Readiness, Resource};
 
 /// One action a policy takes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The action.
     pub action: Action,
@@ -390,7 +390,7 @@ impl Controller for Vpm {
             .actions
             .iter()
             .map(|a| Decision {
-                action: a.action,
+                action: a.action.clone(),
                 breaks_dwell: a.breaks_dwell,
             })
             .collect();
@@ -422,6 +422,7 @@ impl Controller for Vpm {
                 None => MissCause::Contention,
                 Some(Action::SetVfs { .. }) => MissCause::PoolFrozen,
                 Some(Action::Wake { .. } | Action::Park { .. }) => MissCause::WakeDeferred,
+                Some(Action::Attach { .. } | Action::Detach { .. }) => MissCause::Other,
             };
             // The pool is the first obstacle, then contention, then wakes.
             let rank = |c: MissCause| match c {

@@ -465,7 +465,7 @@ impl SimHost {
         executor::execute_on(
             &self.sim,
             Some(&self.policy),
-            action,
+            action.clone(),
             true,
             &self.opts,
             None,
@@ -506,6 +506,9 @@ impl SimHost {
                     t.power_since = now;
                 }
             }
+            // Hot-plug is not replayed (the simulated host has no hypervisor,
+            // so the executor refuses it before this point).
+            Action::Attach { .. } | Action::Detach { .. } => {}
         }
         // The action is done; a failed re-read (only if the simulated PF itself
         // vanished) leaves the tracks as they were, and the next step's

@@ -115,7 +115,7 @@ pub enum SlotState {
 }
 
 /// An action the host carried out.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Applied {
     /// When, unix seconds.
     pub at: f64,
@@ -402,9 +402,10 @@ impl Tally {
 
     /// An applied action; returns whether it is a flap.
     pub fn action(&mut self, a: Applied) -> bool {
+        let a = &a;
         let scored = self.scored(a.at);
-        let flap = match a.action {
-            Action::Wake { bdf } => {
+        let flap = match &a.action {
+            &Action::Wake { bdf } => {
                 let flap = matches!(self.moves.get(&bdf),
                     Some(&(Move::Park, t)) if a.at - t < self.dwell.parked_s);
                 self.moves.insert(bdf, (Move::Wake, a.at));
@@ -413,7 +414,7 @@ impl Tally {
                 }
                 flap
             }
-            Action::Park { bdf } => {
+            &Action::Park { bdf } => {
                 let flap = matches!(self.moves.get(&bdf),
                     Some(&(Move::Wake, t)) if a.at - t < self.dwell.awake_s);
                 self.moves.insert(bdf, (Move::Park, a.at));
@@ -422,7 +423,7 @@ impl Tally {
                 }
                 flap
             }
-            Action::SetVfs { pf, count } => {
+            &Action::SetVfs { pf, count } => {
                 let dir: i8 = match a.from {
                     Some(from) if count > from => 1,
                     Some(from) if count < from => -1,
@@ -439,6 +440,7 @@ impl Tally {
                 }
                 flap
             }
+            Action::Attach { .. } | Action::Detach { .. } => false,
         };
         if flap && scored {
             self.m.flaps += 1;

@@ -94,7 +94,7 @@ pub fn replay(
 
         let state = host.state(now)?;
         for d in controller.decide(now, &state, &wants)? {
-            match host.apply(now, d.action) {
+            match host.apply(now, d.action.clone()) {
                 Ok(out) => {
                     for b in &out.removed {
                         tally.forget(*b);

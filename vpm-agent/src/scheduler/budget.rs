@@ -92,11 +92,11 @@ mod tests {
         };
         let (actions, deferred) = select(
             vec![
-                prop(park, 0, Rank::Park, 0.0),
-                prop(wake_lo, 100, Rank::Wake, 1.0),
-                prop(wake_hi, 300, Rank::Wake, 1.0),
-                prop(grow, 100, Rank::Grow, 1.0),
-                prop(wake_big, 100, Rank::Wake, 5.0),
+                prop(park.clone(), 0, Rank::Park, 0.0),
+                prop(wake_lo.clone(), 100, Rank::Wake, 1.0),
+                prop(wake_hi.clone(), 300, Rank::Wake, 1.0),
+                prop(grow.clone(), 100, Rank::Grow, 1.0),
+                prop(wake_big.clone(), 100, Rank::Wake, 5.0),
                 prop(
                     Action::Park {
                         bdf: b("0000:01:00.3"),
@@ -108,17 +108,17 @@ mod tests {
             ],
             3,
         );
-        let got: Vec<Action> = actions.iter().map(|a| a.action).collect();
+        let got: Vec<Action> = actions.iter().map(|a| a.action.clone()).collect();
         assert_eq!(got, vec![wake_hi, grow, wake_big]);
-        let held: Vec<Option<Action>> = deferred.iter().map(|d| d.action).collect();
+        let held: Vec<Option<Action>> = deferred.iter().map(|d| d.action.clone()).collect();
         assert_eq!(
             held,
-            vec![Some(wake_lo), Some(park)],
+            vec![Some(wake_lo), Some(park.clone())],
             "one action per device"
         );
         assert!(deferred[0].reason.contains("max_actions_per_tick = 3"));
         assert!(deferred[0].reason.ends_with("because 100"));
-        let (none, all) = select(vec![prop(park, 0, Rank::Park, 0.0)], 0);
+        let (none, all) = select(vec![prop(park.clone(), 0, Rank::Park, 0.0)], 0);
         assert!(none.is_empty() && all.len() == 1);
     }
 }

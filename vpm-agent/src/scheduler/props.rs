@@ -295,7 +295,7 @@ fn check(host: &HostState, policy: &Policy, p: &Plan) -> Result<(), TestCaseErro
                 a.action
             );
         }
-        match (a.action, &found) {
+        match (a.action.clone(), &found) {
             (Action::SetVfs { count, .. }, Found::Pf(pf)) => {
                 prop_assert!(
                     pf.vfs.iter().all(|v| !v.user.is_held()),
@@ -436,7 +436,7 @@ fn the_generators_reach_every_rule() {
         let (host, f, policy) = strategy.new_tree(&mut runner).unwrap().current();
         let p = plan(NOW, &host, &f, &policy);
         for a in &p.actions {
-            let kind = match a.action {
+            let kind = match a.action.clone() {
                 Action::SetVfs { pf, count } => {
                     let cur = host
                         .pfs
@@ -448,11 +448,13 @@ fn the_generators_reach_every_rule() {
                 Action::Wake { .. } if a.breaks_dwell => "wake through a dwell",
                 Action::Wake { .. } => "wake",
                 Action::Park { .. } => "park",
+                Action::Attach { .. } => "attach",
+                Action::Detach { .. } => "detach",
             };
             seen.insert(kind);
         }
         for d in &p.deferred {
-            seen.insert(match d.action {
+            seen.insert(match &d.action {
                 None => "shortfall",
                 Some(_) if d.reason.contains("max_actions_per_tick") => "over budget",
                 Some(_) => "deferred",

@@ -115,7 +115,7 @@ fn want_device(f: &mut Forecasts, vm: &str, b: Bdf, points: &[(f64, f64, f64)]) 
 }
 
 fn actions(p: &Plan) -> Vec<Action> {
-    p.actions.iter().map(|a| a.action).collect()
+    p.actions.iter().map(|a| a.action.clone()).collect()
 }
 
 fn reasons(p: &Plan) -> String {
@@ -635,7 +635,7 @@ fn the_budget_takes_the_highest_priority_first() {
             Action::Wake { bdf: devs[1].bdf }
         ]
     );
-    let over: Vec<Option<Action>> = p.deferred.iter().map(|d| d.action).collect();
+    let over: Vec<Option<Action>> = p.deferred.iter().map(|d| d.action.clone()).collect();
     assert_eq!(
         over,
         vec![

@@ -1,0 +1,347 @@
+//! Hot-plug actions (`Attach`, `Detach`): the hypervisor side behind a trait,
+//! the VM-level safety rules (pure), and the steps around the hypervisor call.
+//!
+//! The device side (VF bound to vfio-pci, IOMMU group safe, not open by
+//! anyone) is checked by [`guard`](super::guard) like every other action; the
+//! rules here are about the VM: libvirt-managed VMs are left alone, the VM
+//! needs a reachable QMP monitor, its class must opt in (`hotplug`), it may
+//! hold at most `max_attached` hot-plugged VFs, and a class with
+//! `detach = false` never has a VF taken back.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::action::{Action, VmRef};
+use super::apply::{ApplyError, ApplyOptions, Step, wait_for};
+use crate::hal::{Bdf, PciBackend, PowerControl, PowerState};
+use crate::policy::Policy;
+
+/// A VF hot-plugged into a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    /// The device's qdev id in the VM.
+    pub id: String,
+    /// The host function.
+    pub vf: Bdf,
+    /// The port it sits on, when the VM's PCI topology shows it.
+    pub port: Option<String>,
+}
+
+/// What the hot-plug rules consider about a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmFacts {
+    /// The VM.
+    pub vm: VmRef,
+    /// libvirt manages it (its monitor is libvirt's).
+    pub libvirt: bool,
+    /// Its QMP monitor socket, or why there is none vpm can use.
+    pub monitor: Result<String, String>,
+    /// Its hot-plugged VFIO devices (when the monitor answered).
+    pub attached: Vec<Attachment>,
+}
+
+/// The hypervisor side of hot-plug: QMP for real VMs
+/// ([`connect::QmpHotplug`](crate::connect::QmpHotplug)), a simulation for
+/// the demo and replays.
+pub trait Hotplug {
+    /// The facts about `vm` ([`VmFacts::monitor`] is `Err` when it cannot
+    /// be asked).
+    fn vm_facts(&self, vm: &VmRef) -> VmFacts;
+    /// Plugs `vf` into `vm` onto a free allowed port; returns the attachment
+    /// once the hypervisor confirms it.
+    fn attach(&self, vm: &VmRef, vf: Bdf) -> Result<Attachment, HotplugError>;
+    /// Unplugs `vf` from `vm`; returns once the hypervisor confirms it is
+    /// gone (QMP: `DEVICE_DELETED`).
+    fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError>;
+}
+
+/// A hypervisor-side failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HotplugError {
+    /// What failed, naming the monitor.
+    pub message: String,
+    /// Whether the request may have taken effect anyway (no answer came).
+    pub outcome_unknown: bool,
+}
+
+/// A rule a hot-plug action breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "refusal", rename_all = "kebab-case")]
+pub enum VmRefusal {
+    /// libvirt owns the VM's monitor.
+    Libvirt {
+        /// The VM.
+        vm: VmRef,
+    },
+    /// No usable QMP monitor.
+    NoMonitor {
+        /// The VM.
+        vm: VmRef,
+        /// Why.
+        why: String,
+    },
+    /// The VM's class does not opt in to hot-plug.
+    NotOptedIn {
+        /// The VM.
+        vm: VmRef,
+        /// Its class.
+        class: String,
+    },
+    /// The VM holds as many hot-plugged VFs as its class allows.
+    AtLimit {
+        /// The VM.
+        vm: VmRef,
+        /// Its class.
+        class: String,
+        /// `max_attached`.
+        max: u32,
+    },
+    /// The VM's class never gives a VF back.
+    NoDetach {
+        /// The VM.
+        vm: VmRef,
+        /// Its class.
+        class: String,
+    },
+    /// The VF is already hot-plugged into the VM.
+    AlreadyAttached {
+        /// The VM.
+        vm: VmRef,
+        /// The VF.
+        vf: Bdf,
+    },
+    /// The VF is not hot-plugged into the VM.
+    NotAttached {
+        /// The VM.
+        vm: VmRef,
+        /// The VF.
+        vf: Bdf,
+    },
+}
+
+impl fmt::Display for VmRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmRefusal::Libvirt { vm } => write!(
+                f,
+                "{vm} is managed by libvirt, which owns its monitor (a second QMP client \
+                 would corrupt libvirt's view of the VM); use `virsh attach-device` / \
+                 `virsh detach-device` for it"
+            ),
+            VmRefusal::NoMonitor { vm, why } => write!(
+                f,
+                "{vm} has no QMP monitor vpm can use ({why}); start it with \
+                 `-qmp unix:PATH,server=on,wait=off`, or set [hotplug] monitor in the policy"
+            ),
+            VmRefusal::NotOptedIn { vm, class } => write!(
+                f,
+                "{vm} is in class \"{class}\", which does not take hot-plugged devices; \
+                 set hotplug = true in [classes.{class}] to allow it"
+            ),
+            VmRefusal::AtLimit { vm, class, max } => write!(
+                f,
+                "{vm} already holds {max} hot-plugged VF(s), the most class \"{class}\" \
+                 allows (max_attached)"
+            ),
+            VmRefusal::NoDetach { vm, class } => write!(
+                f,
+                "{vm} is in class \"{class}\", whose devices vpm never takes back \
+                 (detach = false)"
+            ),
+            VmRefusal::AlreadyAttached { vm, vf } => {
+                write!(f, "{vf} is already attached to {vm}")
+            }
+            VmRefusal::NotAttached { vm, vf } => {
+                write!(f, "{vf} is not hot-plugged into {vm} (see `vpm vm list`)")
+            }
+        }
+    }
+}
+
+/// Every VM-level rule `action` breaks (empty for non-hot-plug actions).
+pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRefusal> {
+    let mut out = Vec::new();
+    let (attach, vf) = match action {
+        Action::Attach { vf, .. } => (true, *vf),
+        Action::Detach { vf, .. } => (false, *vf),
+        _ => return out,
+    };
+    let who = vm.vm.clone();
+    if vm.libvirt {
+        out.push(VmRefusal::Libvirt { vm: who });
+        return out;
+    }
+    if let Err(why) = &vm.monitor {
+        out.push(VmRefusal::NoMonitor {
+            vm: who,
+            why: why.clone(),
+        });
+        return out;
+    }
+    let default = Policy::default();
+    let class = policy.unwrap_or(&default).class_of(&vm.vm.name);
+    let has = vm.attached.iter().any(|a| a.vf == vf);
+    if attach {
+        if !class.class.hotplug {
+            out.push(VmRefusal::NotOptedIn {
+                vm: who.clone(),
+                class: class.name.to_owned(),
+            });
+        }
+        if has {
+            out.push(VmRefusal::AlreadyAttached { vm: who, vf });
+        } else if vm.attached.len() >= class.class.max_attached as usize {
+            out.push(VmRefusal::AtLimit {
+                vm: who,
+                class: class.name.to_owned(),
+                max: class.class.max_attached,
+            });
+        }
+    } else {
+        if !class.class.detach {
+            out.push(VmRefusal::NoDetach {
+                vm: who.clone(),
+                class: class.name.to_owned(),
+            });
+        }
+        if !has {
+            out.push(VmRefusal::NotAttached { vm: who, vf });
+        }
+    }
+    out
+}
+
+/// The steps of a hot-plug action, for a dry run.
+pub fn steps(action: &Action, vm: &VmFacts) -> Vec<Step> {
+    let monitor = vm.monitor.as_deref().unwrap_or("?");
+    let planned = |what: String| Step {
+        what,
+        elapsed_ms: None,
+    };
+    match action {
+        Action::Attach { vm: who, vf } => vec![
+            planned(format!("{vf}: power/control=on → D0")),
+            planned(format!(
+                "QMP {monitor}: device_add vfio-pci host={vf} onto a free hot-plug port"
+            )),
+            planned(format!(
+                "check that pid {} holds {vf} through VFIO",
+                who.pid
+            )),
+        ],
+        Action::Detach { vm: who, vf } => vec![
+            planned(format!(
+                "QMP {monitor}: device_del of {vf}, then wait for DEVICE_DELETED"
+            )),
+            planned(format!("check that pid {} no longer holds {vf}", who.pid)),
+            planned(format!("{vf}: power/control=auto → D3hot")),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Carries out a hot-plug action that passed every rule.
+pub fn apply(
+    sys: &dyn PciBackend,
+    hv: &dyn Hotplug,
+    action: &Action,
+    opts: &ApplyOptions,
+) -> Result<Vec<Step>, ApplyError> {
+    let mut done = Vec::new();
+    match action {
+        Action::Attach { vm, vf } => {
+            let started = Instant::now();
+            sys.set_power_control(*vf, PowerControl::On, opts.write_timeout)?;
+            wait_for(sys, *vf, PowerState::D0, opts.settle_timeout)?;
+            done.push(timed(format!("{vf}: power/control=on → D0"), started));
+            let started = Instant::now();
+            let plugged = match hv.attach(vm, *vf) {
+                Ok(a) => a,
+                Err(e) => {
+                    // Refused outright: nothing was plugged; park the VF again.
+                    // No answer: leave it awake, the journal says it is unknown.
+                    if !e.outcome_unknown {
+                        let _ = sys.set_power_control(*vf, PowerControl::Auto, opts.write_timeout);
+                    }
+                    return Err(ApplyError::Hotplug {
+                        action: action.to_string(),
+                        message: e.message,
+                        outcome_unknown: e.outcome_unknown,
+                    });
+                }
+            };
+            done.push(timed(
+                format!(
+                    "device_add vfio-pci host={vf} id={} bus={}",
+                    plugged.id,
+                    plugged.port.as_deref().unwrap_or("?")
+                ),
+                started,
+            ));
+            let started = Instant::now();
+            wait_holder(sys, *vf, vm.pid, true, opts.settle_timeout)?;
+            done.push(timed(
+                format!("pid {} holds {vf} through VFIO", vm.pid),
+                started,
+            ));
+        }
+        Action::Detach { vm, vf } => {
+            let started = Instant::now();
+            hv.detach(vm, *vf).map_err(|e| ApplyError::Hotplug {
+                action: action.to_string(),
+                message: e.message,
+                outcome_unknown: e.outcome_unknown,
+            })?;
+            done.push(timed(
+                format!("device_del {vf}: DEVICE_DELETED received"),
+                started,
+            ));
+            let started = Instant::now();
+            wait_holder(sys, *vf, vm.pid, false, opts.settle_timeout)?;
+            done.push(timed(format!("pid {} closed {vf}", vm.pid), started));
+            let started = Instant::now();
+            sys.set_power_control(*vf, PowerControl::Auto, opts.write_timeout)?;
+            wait_for(sys, *vf, PowerState::D3Hot, opts.settle_timeout)?;
+            done.push(timed(format!("{vf}: power/control=auto → D3hot"), started));
+        }
+        _ => {}
+    }
+    Ok(done)
+}
+
+/// Polls the VF's VFIO holders until `pid` holds it (`held`) or not.
+fn wait_holder(
+    sys: &dyn PciBackend,
+    vf: Bdf,
+    pid: u32,
+    held: bool,
+    timeout: Duration,
+) -> Result<(), ApplyError> {
+    let started = Instant::now();
+    loop {
+        let f = sys.function(vf)?;
+        let holds = sys.holders(&f)?.iter().any(|h| h.pid == pid);
+        if holds == held {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(ApplyError::Holder {
+                vf,
+                pid,
+                expected_held: held,
+                after: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn timed(what: String, started: Instant) -> Step {
+    Step {
+        what,
+        elapsed_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+    }
+}

@@ -1,0 +1,74 @@
+//! The `[hotplug]` section: how vpm connects VFs to running VMs over QMP.
+//!
+//! Which VMs may receive devices, and how many, is per class (`hotplug`,
+//! `max_attached`, `detach` in `[classes.NAME]`); this section says where the
+//! monitors are and which ports vpm may plug into.
+
+use serde::{Deserialize, Serialize};
+
+/// `[hotplug]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotplugSettings {
+    /// The qdev ids of the hot-plug ports vpm may plug into (`rp1`, ...);
+    /// empty: any `pcie-root-port` with nothing behind it. Default empty.
+    pub ports: Vec<String>,
+    /// The QMP socket of VMs whose command line names none, with `{name}`
+    /// standing for the VM's name (`/run/vpm/qmp/{name}.sock`). Default none:
+    /// such VMs are reported as having no monitor.
+    pub monitor: Option<String>,
+    /// Seconds to wait for each QMP answer (above 0). Default 10.
+    #[serde(deserialize_with = "super::settings::positive")]
+    pub command_timeout_s: f64,
+    /// Seconds to wait for `DEVICE_DELETED` after `device_del` (above 0);
+    /// past it the VF is reported as still attached. Default 10.
+    #[serde(deserialize_with = "super::settings::positive")]
+    pub unplug_timeout_s: f64,
+}
+
+impl Default for HotplugSettings {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            monitor: None,
+            command_timeout_s: 10.0,
+            unplug_timeout_s: 10.0,
+        }
+    }
+}
+
+impl HotplugSettings {
+    /// The monitor socket the policy gives for VM `name`, if any.
+    pub fn monitor_for(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.monitor
+            .as_ref()
+            .map(|t| std::path::PathBuf::from(t.replace("{name}", name)))
+    }
+
+    /// Whether vpm may plug into the port with qdev id `port`.
+    pub fn port_allowed(&self, port: &str) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|p| p == port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_templates() {
+        let h: HotplugSettings = toml::from_str("").unwrap();
+        assert_eq!(h, HotplugSettings::default());
+        assert!(h.port_allowed("anything"));
+        assert_eq!(h.monitor_for("web-1"), None);
+        let h: HotplugSettings =
+            toml::from_str("ports = [\"rp1\"]\nmonitor = \"/run/q/{name}.sock\"\n").unwrap();
+        assert!(h.port_allowed("rp1") && !h.port_allowed("rp2"));
+        assert_eq!(
+            h.monitor_for("web-1").unwrap(),
+            std::path::Path::new("/run/q/web-1.sock")
+        );
+        assert!(toml::from_str::<HotplugSettings>("unplug_timeout_s = 0\n").is_err());
+        assert!(toml::from_str::<HotplugSettings>("port = []\n").is_err());
+    }
+}
