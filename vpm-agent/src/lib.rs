@@ -11,6 +11,7 @@
 //! [`control`] runs the loop (observe, plan, act) each tick; [`demo`] is the
 //! built-in demo; [`replay`] replays demand traces through the loop.
 pub mod api;
+pub mod connect;
 pub mod control;
 pub mod demo;
 pub mod executor;

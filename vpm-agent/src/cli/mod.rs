@@ -9,6 +9,7 @@ mod plan;
 mod record;
 mod run;
 mod top;
+mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +78,10 @@ enum Command {
     /// The running agent's current plan: device actions with their reasons,
     /// what was deferred and why, and per-VM CPU/memory recommendations.
     Plan(plan::PlanArgs),
+    /// QEMU VMs, their QMP monitors and hot-plugged VFs; hot-plug a VF into
+    /// a running VM or take it back (QMP device_add / device_del), with
+    /// vpm's safety checks; a dry run unless `--apply`.
+    Vm(vm::VmArgs),
 }
 
 /// Where the kernel's file systems are (hidden: for tests and containers).
@@ -209,6 +214,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(args) => devices::run(&args),
         Command::Pci(args) => pci::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Vm(args) => vm::run(&args),
     }
 }
 

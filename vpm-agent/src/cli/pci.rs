@@ -76,22 +76,11 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
     let roots = args.roots.roots();
     // Acting is journaled; an action a crash interrupted is resolved first.
     vpm::executor::check_privileges(&action, args.apply)?;
-    let mut journal = None;
-    if args.apply {
-        let (mut j, entries) = vpm::executor::Journal::open(&args.state_dir)?;
-        for i in j.reconcile(&entries, &roots, vpm::units::unix_now())? {
-            eprintln!(
-                "vpm: journal: `{}` was interrupted by a restart; it {}",
-                i.intent.action,
-                if i.took_effect {
-                    "had taken effect"
-                } else {
-                    "had not taken effect (not re-applied)"
-                }
-            );
-        }
-        journal = Some(j);
-    }
+    let mut journal = if args.apply {
+        Some(open_journal(&args.state_dir, &roots)?)
+    } else {
+        None
+    };
     let report = vpm::executor::execute(
         &roots,
         policy.as_ref(),
@@ -103,7 +92,29 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
     print(&report, args.json)
 }
 
-fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+/// Opens the journal in `state_dir` and resolves actions a crash interrupted
+/// (said on stderr; nothing is re-applied).
+pub(super) fn open_journal(
+    state_dir: &std::path::Path,
+    roots: &vpm::executor::Roots,
+) -> anyhow::Result<vpm::executor::Journal> {
+    let (mut j, entries) = vpm::executor::Journal::open(state_dir)?;
+    for i in j.reconcile(&entries, roots, vpm::units::unix_now())? {
+        eprintln!(
+            "vpm: journal: `{}` was interrupted by a restart; it {}",
+            i.intent.action,
+            if i.took_effect {
+                "had taken effect"
+            } else {
+                "had not taken effect (not re-applied)"
+            }
+        );
+    }
+    Ok(j)
+}
+
+/// Prints what an action did or would do.
+pub(super) fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());

@@ -185,7 +185,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::NotVfioBound { bdf, driver } => write!(
                 f,
-                "{bdf} is bound to {}, not {VFIO_DRIVER}; park it first                  (`vpm pci park {bdf} --apply` binds it to {VFIO_DRIVER})",
+                "{bdf} is bound to {}, not {VFIO_DRIVER}; park it first (`vpm pci park {bdf} --apply` binds it to {VFIO_DRIVER})",
                 driver.as_deref().unwrap_or("no driver")
             ),
             Refusal::InUse { bdf, holders } => write!(

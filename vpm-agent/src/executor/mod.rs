@@ -41,7 +41,7 @@ pub struct Report {
 pub enum ExecuteError {
     /// Acting needs root.
     #[error(
-        "{action} needs root: vpm writes sysfs and must see every process's open files to          know who holds a device (run it with sudo, or without --apply for a dry run)"
+        "{action} needs root: vpm writes sysfs and must see every process's open files to know who holds a device (run it with sudo, or without --apply for a dry run)"
     )]
     NotRoot {
         /// The action.

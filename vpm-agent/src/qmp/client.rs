@@ -166,10 +166,10 @@ impl Qmp {
         wait: Duration,
         during: &str,
     ) -> Result<Event, QmpError> {
-        if let Some(pos) = self.events.iter().position(&matches) {
-            if let Some(e) = self.events.remove(pos) {
-                return Ok(e);
-            }
+        if let Some(pos) = self.events.iter().position(&matches)
+            && let Some(e) = self.events.remove(pos)
+        {
+            return Ok(e);
         }
         let deadline = Instant::now() + wait;
         loop {

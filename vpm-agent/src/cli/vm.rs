@@ -1,0 +1,240 @@
+//! `vpm vm`: the VMs, their QMP monitors and hot-plugged VFs; attach a VF to a
+//! running VM or take it back, through the hypervisor (dry run unless `--apply`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use vpm::connect::{self, Monitor, QmpHotplug, VmEntry};
+use vpm::executor::{Action, ApplyOptions, VmRef};
+use vpm::hal::Bdf;
+use vpm::identity::{self, Vmm};
+use vpm::policy::Policy;
+
+use super::RootArgs;
+
+/// Arguments of `vpm vm`.
+#[derive(Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    command: VmCommand,
+    /// Carry the action out (without it vpm only says what it would do).
+    #[arg(long, global = true)]
+    apply: bool,
+    /// The policy: [devices] allow list, [hotplug] settings, and the classes
+    /// that opt in to hot-plug (`hotplug = true`).
+    #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
+    policy: PathBuf,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// vpm's state directory: the journal of applied actions lives there.
+    #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Longest to wait for the VF's power state and for the VM's process to
+    /// open or close it.
+    #[arg(long, global = true, default_value = "10s", value_parser = super::duration)]
+    settle_timeout: Duration,
+    #[command(flatten)]
+    roots: RootArgs,
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// QEMU VMs with their QMP monitor, hot-plugged VFs and free hot-plug ports.
+    List,
+    /// Hot-plug a VF into a running VM: wake it, `device_add vfio-pci` onto a
+    /// free hot-plug port over QMP, and check the VM's process opened it.
+    /// The VF must be bound to vfio-pci (`vpm pci park BDF`), its IOMMU group
+    /// safe, open by no one, and the VM's class must set `hotplug = true`.
+    Attach {
+        /// The VM: its name or its VMM's pid.
+        vm: String,
+        /// The VF, DDDD:BB:DD.F.
+        vf: Bdf,
+    },
+    /// Take a hot-plugged VF back: `device_del` over QMP, wait for the
+    /// `DEVICE_DELETED` event, check the VM's process closed it, park it.
+    Detach {
+        /// The VM: its name or its VMM's pid.
+        vm: String,
+        /// The VF, DDDD:BB:DD.F.
+        vf: Bdf,
+    },
+}
+
+pub fn run(args: &VmArgs) -> anyhow::Result<()> {
+    let policy = Policy::load(&args.policy)?;
+    let settings = policy
+        .as_ref()
+        .map(|p| p.hotplug.clone())
+        .unwrap_or_default();
+    let (vm, vf, attach) = match &args.command {
+        VmCommand::List => return list(args, &settings),
+        VmCommand::Attach { vm, vf } => (vm, *vf, true),
+        VmCommand::Detach { vm, vf } => (vm, *vf, false),
+    };
+    let vm = resolve(&args.roots.proc_root, vm)?;
+    let action = if attach {
+        Action::Attach { vm, vf }
+    } else {
+        Action::Detach { vm, vf }
+    };
+    let roots = args.roots.roots();
+    vpm::executor::check_privileges(&action, args.apply)?;
+    let mut journal = if args.apply {
+        Some(super::pci::open_journal(&args.state_dir, &roots)?)
+    } else {
+        None
+    };
+    let hv = QmpHotplug::new(&args.roots.proc_root, settings);
+    let opts = ApplyOptions {
+        write_timeout: Duration::from_secs(10),
+        settle_timeout: args.settle_timeout,
+    };
+    let report = vpm::executor::execute_with(
+        &roots,
+        Some(&hv),
+        policy.as_ref(),
+        action,
+        args.apply,
+        &opts,
+        journal.as_mut(),
+    )?;
+    super::pci::print(&report, args.json)
+}
+
+/// The VM named `arg` (or whose VMM has pid `arg`).
+fn resolve(proc_root: &std::path::Path, arg: &str) -> anyhow::Result<VmRef> {
+    let vms = identity::scan_vmms(proc_root)?;
+    let by_pid = arg.parse::<u32>().ok();
+    let found: Vec<_> = vms
+        .iter()
+        .filter(|v| v.name == arg || Some(v.pid) == by_pid)
+        .collect();
+    match found.as_slice() {
+        [one] if one.vmm == Vmm::Qemu => Ok(VmRef {
+            name: one.name.clone(),
+            pid: one.pid,
+        }),
+        [one] => bail!(
+            "VM {} (pid {}) runs under {}; vpm hot-plugs over QMP, so only QEMU VMs",
+            one.name,
+            one.pid,
+            one.vmm.as_str()
+        ),
+        [] => {
+            let known: Vec<String> = vms
+                .iter()
+                .map(|v| format!("{} (pid {})", v.name, v.pid))
+                .collect();
+            bail!(
+                "no VM named {arg:?}; running VMs: {}",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        }
+        many => bail!(
+            "{} VMs are named {arg:?} (pids {}); give the pid instead",
+            many.len(),
+            many.iter()
+                .map(|v| v.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Result<()> {
+    let vms = connect::list_vms(&args.roots.proc_root, settings).context("listing the VMs")?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = vms.iter().map(json_row).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if vms.is_empty() {
+        println!("no QEMU VMs running");
+        return Ok(());
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(["VM", "PID", "MONITOR", "HOT-PLUGGED VFs", "PORTS"]);
+    for v in &vms {
+        let monitor = match &v.monitor {
+            Monitor::Unix { path, from } => format!("{} ({from})", path.display()),
+            Monitor::Unusable { what } => format!("unusable: {what}"),
+            Monitor::None => "none".into(),
+        };
+        let monitor = if v.identity.libvirt {
+            format!("libvirt: {monitor}")
+        } else {
+            monitor
+        };
+        let attached = match &v.attached {
+            Ok(a) if a.is_empty() => "-".into(),
+            Ok(a) => a
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} ({} on {})",
+                        a.vf,
+                        a.id,
+                        a.port.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => format!("? ({e})"),
+        };
+        t.add_row([
+            v.identity.name.clone(),
+            v.identity.pid.to_string(),
+            monitor,
+            attached,
+            ports_text(&v.ports),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn ports_text(p: &connect::Ports) -> String {
+    let mut parts = Vec::new();
+    for (label, list) in [
+        ("free", &p.free),
+        ("in use", &p.busy),
+        ("hotplug=off", &p.no_hotplug),
+        ("not in policy", &p.not_allowed),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{label}: {}", list.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("\n")
+    }
+}
+
+fn json_row(v: &VmEntry) -> serde_json::Value {
+    let (attached, error) = match &v.attached {
+        Ok(a) => (serde_json::to_value(a).unwrap_or_default(), None),
+        Err(e) => (serde_json::Value::Null, Some(e.clone())),
+    };
+    serde_json::json!({
+        "vm": v.identity.name,
+        "pid": v.identity.pid,
+        "libvirt": v.identity.libvirt,
+        "monitor": v.monitor,
+        "attached": attached,
+        "error": error,
+        "ports": v.ports,
+    })
+}
