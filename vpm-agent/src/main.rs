@@ -13,10 +13,16 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The whole chain: what failed, then why.
-            eprintln!("vpm: error: {err}");
+            // The whole chain: what failed, then why (a cause the message
+            // already quotes is not repeated).
+            let mut said = err.to_string();
+            eprintln!("vpm: error: {said}");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !said.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                said.push_str(&text);
             }
             ExitCode::from(2)
         }

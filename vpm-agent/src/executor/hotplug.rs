@@ -263,7 +263,18 @@ pub fn apply(
                 Err(e) => {
                     // Refused outright: nothing was plugged; park the VF again.
                     // No answer: leave it awake, the journal says it is unknown.
-                    if !e.outcome_unknown {
+                    if e.outcome_unknown {
+                        // A VM that died mid-command releases the VF as it
+                        // exits: give that a moment, so the journal's
+                        // read-back shows where the VF really is.
+                        let _ = wait_holder(
+                            sys,
+                            *vf,
+                            vm.pid,
+                            false,
+                            opts.settle_timeout.min(Duration::from_secs(2)),
+                        );
+                    } else {
                         let _ = sys.set_power_control(*vf, PowerControl::Auto, opts.write_timeout);
                     }
                     return Err(ApplyError::Hotplug {

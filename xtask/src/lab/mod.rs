@@ -17,6 +17,7 @@
 //! Everything lives under `target/lab/`; deleting it rebuilds it.
 
 mod cpio;
+mod firmware;
 mod kernel;
 mod qemu;
 
@@ -68,7 +69,17 @@ const GUEST_MODULES: &[&str] = &[
 ];
 
 /// The guest-side test targets (`[[test]]`s of `vpm-tests` with `required-features = ["lab"]`).
-const LAB_TESTS: &[&str] = &["lab_hal", "lab_telemetry", "lab_loop"];
+const LAB_TESTS: &[&str] = &["lab_hal", "lab_telemetry", "lab_connect", "lab_loop"];
+
+/// The inner QEMU the hot-plug tests run in the guest: the host's binary, the
+/// TCG accelerator Debian builds as a module, and the option ROM it loads.
+const INNER_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+const INNER_QEMU_FILES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so",
+    "/usr/share/qemu/kvmvapic.bin",
+];
+/// Where the inner VMs' firmware ([`firmware`]) is in the guest.
+pub const INNER_FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
@@ -231,7 +242,20 @@ fn initramfs(
     )?;
     a.file("/etc/vpm-lab/run.sh", 0o755, script.as_bytes())?;
     add_tree(&mut a, &kernel.modules_root, "")?;
-    for bin in binaries {
+    // The inner QEMU for the hot-plug tests (lab_connect), with its firmware.
+    let qemu = Path::new(INNER_QEMU);
+    if !qemu.is_file() {
+        bail!("{INNER_QEMU} missing: apt-get install qemu-system-x86");
+    }
+    a.copy(INNER_QEMU, qemu)?;
+    for f in INNER_QEMU_FILES {
+        a.copy(f, Path::new(f))?;
+    }
+    a.file(INNER_FIRMWARE, 0o644, &firmware::image())?;
+    let mut with_libs: Vec<&Path> = binaries.to_vec();
+    with_libs.push(qemu);
+    with_libs.push(Path::new(INNER_QEMU_FILES[0]));
+    for bin in &with_libs {
         for lib in shared_libraries(bin)? {
             let name = lib.to_string_lossy().into_owned();
             if !a.contains(&name) {

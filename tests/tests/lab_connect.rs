@@ -1,0 +1,522 @@
+//! Guest-side tests of hot-plug (`vpm vm`): a real QEMU runs inside the lab
+//! guest (TCG, the project's own firmware that numbers the root ports' buses,
+//! no OS) and vpm hands it a VF of the guest's SR-IOV NVMe controller over
+//! QMP, and takes it back. Run by `cargo xtask vm-test`.
+//!
+//! Each test starts the inner VMs it needs and leaves the PF with 0 VFs.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpm::executor::Roots;
+use vpm::hal::{Bdf, PciBackend as _, PowerState, Sysfs};
+use vpm::qmp::{GuestPciDevice, Qmp};
+use vpm_tests::{bin, wait_until};
+
+const PF: &str = "0000:01:00.0";
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+const FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
+const WRITE: Duration = Duration::from_secs(60);
+
+const POLICY: &str = r#"
+[devices]
+allow = ["0000:01:00.0"]
+
+[hotplug]
+command_timeout_s = 5
+unplug_timeout_s = 4
+
+[classes.hp]
+hotplug = true
+max_attached = 1
+
+[classes.keep]
+priority = 300
+hotplug = true
+detach = false
+
+[vms]
+rules = [{ vm = "keep-*", class = "keep" }]
+default = "hp"
+"#;
+
+fn in_lab() {
+    assert_eq!(
+        std::env::var("VPM_LAB").as_deref(),
+        Ok("1"),
+        "these tests change PCI devices and start VMs: run them with `cargo xtask vm-test`"
+    );
+}
+
+/// A test's policy file and state directory.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        Self { dir }
+    }
+
+    fn policy(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `vpm ARGS --policy P --state-dir S`.
+    fn vpm(&self, args: &[&str]) -> Output {
+        let out = Command::new(bin("vpm"))
+            .args(args)
+            .arg("--policy")
+            .arg(self.policy())
+            .arg("--state-dir")
+            .arg(self.state())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ vpm {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn vpm_ok(&self, args: &[&str]) -> String {
+        let out = self.vpm(args);
+        assert!(out.status.success(), "vpm {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn vpm_err(&self, args: &[&str]) -> String {
+        let out = self.vpm(args);
+        assert!(!out.status.success(), "vpm {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The journal's entries.
+    fn journal(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state().join("journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A QEMU inside the lab guest with one hot-plug port `rp1` and a QMP socket.
+struct InnerVm {
+    child: Child,
+    qmp: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone, Copy)]
+struct VmOpts {
+    /// The port accepts hot-plug (`hotplug=off` otherwise).
+    port_hotplug: bool,
+    /// Native PCIe hot-plug on the root ports, so `device_del` completes
+    /// without a guest OS (`DEVICE_DELETED` never comes otherwise).
+    native_hotplug: bool,
+}
+
+const STANDARD: VmOpts = VmOpts {
+    port_hotplug: true,
+    native_hotplug: true,
+};
+
+impl InnerVm {
+    fn start(name: &str, o: VmOpts) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let qmp = dir.path().join("qmp.sock");
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "64"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "none", "-monitor", "none", "-bios", FIRMWARE])
+            .args(["-name", &format!("guest={name}")])
+            .args([
+                "-device",
+                &format!(
+                    "pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x2{}",
+                    if o.port_hotplug { "" } else { ",hotplug=off" }
+                ),
+            ])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+            ]);
+        if o.native_hotplug {
+            cmd.args([
+                "-global",
+                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+            ]);
+        }
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The VM dies with the test process.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let vm = Self {
+            child,
+            qmp,
+            _dir: dir,
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || vm.qmp.exists()
+                && vm.try_query_pci().is_some()),
+            "inner VM {name} did not come up"
+        );
+        vm
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `query-pci` on a fresh QMP session (`None`: the monitor does not answer).
+    fn try_query_pci(&self) -> Option<Vec<GuestPciDevice>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut q = Qmp::connect(&self.qmp, Duration::from_secs(5)).await.ok()?;
+            q.query_pci().await.ok()
+        })
+    }
+
+    fn query_pci(&self) -> Vec<GuestPciDevice> {
+        self.try_query_pci()
+            .expect("the inner VM's monitor answers")
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for InnerVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sys() -> Sysfs {
+    Sysfs::host()
+}
+
+fn pf() -> Bdf {
+    PF.parse().unwrap()
+}
+
+/// The PF with autoprobe off and `n` unbound VFs; returns them.
+fn vfs(n: u32) -> Vec<Bdf> {
+    let s = sys();
+    s.set_sriov_numvfs(pf(), 0, WRITE).unwrap();
+    s.set_sriov_drivers_autoprobe(pf(), false).unwrap();
+    s.set_sriov_numvfs(pf(), n, WRITE).unwrap();
+    s.function(pf())
+        .unwrap()
+        .virtfns
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect()
+}
+
+/// Leaves the PF without VFs once the VMs are gone.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sys().set_sriov_numvfs(pf(), 0, WRITE);
+    }
+}
+
+fn holders(vf: Bdf) -> Vec<u32> {
+    let roots = Roots::host();
+    let f = roots.function(vf).unwrap();
+    roots.holders(&f).unwrap().iter().map(|h| h.pid).collect()
+}
+
+fn power(vf: Bdf) -> Option<PowerState> {
+    sys().power_state(vf).unwrap()
+}
+
+fn park(env: &Env, vf: Bdf) {
+    env.vpm_ok(&["pci", "park", &vf.to_string(), "--apply"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || power(vf)
+            == Some(PowerState::D3Hot)),
+        "{vf} did not park"
+    );
+}
+
+fn listed(vm: &InnerVm, vf: Bdf) -> Option<GuestPciDevice> {
+    let id = vpm::connect::device_id(vf);
+    vm.query_pci().into_iter().find(|d| d.qdev_id == id)
+}
+
+fn last_outcome(env: &Env) -> Value {
+    env.journal()
+        .into_iter()
+        .rev()
+        .find(|e| e["phase"] != "intent")
+        .expect("a journal outcome")
+}
+
+#[test]
+fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
+    in_lab();
+    let _clean = Cleanup;
+    let env = Env::new();
+    let vf = vfs(2)[0];
+    let vfs = vf.to_string();
+    park(&env, vf);
+    let vm = InnerVm::start("inner-a", STANDARD);
+    // The firmware numbered the port's bus: it is in the topology, empty.
+    let topo = vm.query_pci();
+    assert!(topo.iter().any(|d| d.qdev_id == "rp1"), "{topo:?}");
+
+    // vpm vm list: the VM, its monitor from -qmp, the free port.
+    let list: Value = serde_json::from_str(&env.vpm_ok(&["vm", "list", "--json"])).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["vm"] == "inner-a")
+        .expect("inner-a listed");
+    assert_eq!(row["pid"], vm.pid());
+    assert_eq!(row["monitor"]["path"], vm.qmp.display().to_string());
+    assert_eq!(row["ports"]["free"][0], "rp1");
+    assert_eq!(row["attached"].as_array().unwrap().len(), 0);
+
+    // Dry run: says what it would do, does nothing.
+    let dry = env.vpm_ok(&["vm", "attach", "inner-a", &vfs]);
+    assert!(
+        dry.contains("dry run") && dry.contains("device_add"),
+        "{dry}"
+    );
+    assert!(holders(vf).is_empty());
+    assert_eq!(power(vf), Some(PowerState::D3Hot));
+
+    // Attach: the QEMU process holds the VF through VFIO, the VF is in D0,
+    // and the VM's PCI topology has it behind rp1 with the VF's ids.
+    let t = Instant::now();
+    env.vpm_ok(&["vm", "attach", "inner-a", &vfs, "--apply"]);
+    eprintln!("attach took {:?}", t.elapsed());
+    assert_eq!(holders(vf), vec![vm.pid()]);
+    assert_eq!(power(vf), Some(PowerState::D0));
+    let dev = listed(&vm, vf).expect("query-pci lists the VF");
+    assert_eq!((dev.vendor, dev.device), (0x1b36, 0x0010));
+    assert_eq!(dev.behind.as_deref(), Some("rp1"));
+    let list: Value = serde_json::from_str(&env.vpm_ok(&["vm", "list", "--json"])).unwrap();
+    let row = &list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["vm"] == "inner-a")
+        .unwrap()
+        .clone();
+    assert_eq!(row["attached"][0]["vf"], vfs);
+    assert_eq!(row["attached"][0]["port"], "rp1");
+    let done = last_outcome(&env);
+    assert_eq!(done["phase"], "done");
+    assert_eq!(done["action"]["action"], "attach");
+    assert_eq!(done["state"]["holders"][0], vm.pid());
+
+    // Detach: DEVICE_DELETED, the fds closed, the VF back in D3hot, gone
+    // from the topology.
+    let t = Instant::now();
+    env.vpm_ok(&["vm", "detach", "inner-a", &vfs, "--apply"]);
+    eprintln!("detach took {:?}", t.elapsed());
+    assert!(holders(vf).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(10), || power(vf)
+            == Some(PowerState::D3Hot)),
+        "{vf} not parked after detach: {:?}",
+        power(vf)
+    );
+    assert!(listed(&vm, vf).is_none());
+    let done = last_outcome(&env);
+    assert_eq!(
+        (done["phase"].as_str(), done["action"]["action"].as_str()),
+        (Some("done"), Some("detach"))
+    );
+    assert!(done["state"].get("holders").is_none(), "{done}");
+
+    // Re-attaching works.
+    env.vpm_ok(&["vm", "attach", "inner-a", &vfs, "--apply"]);
+    assert_eq!(holders(vf), vec![vm.pid()]);
+    env.vpm_ok(&["vm", "detach", "inner-a", &vfs, "--apply"]);
+    assert!(holders(vf).is_empty());
+}
+
+#[test]
+fn refusals_and_failures_say_where_the_vf_is() {
+    in_lab();
+    let _clean = Cleanup;
+    let env = Env::new();
+    let all = vfs(3);
+    let (vf, vf2, unbound) = (all[0], all[1], all[2]);
+    let (vfs_, vf2s) = (vf.to_string(), vf2.to_string());
+    park(&env, vf);
+    park(&env, vf2);
+    let a = InnerVm::start("inner-a", STANDARD);
+    let b = InnerVm::start("inner-b", STANDARD);
+
+    // Not bound to vfio-pci: refused before anything is journaled.
+    let err = env.vpm_err(&["vm", "attach", "inner-a", &unbound.to_string(), "--apply"]);
+    assert!(
+        err.contains("not vfio-pci") && err.contains("vpm pci park"),
+        "{err}"
+    );
+
+    // Already attached elsewhere; and the class's max_attached.
+    env.vpm_ok(&["vm", "attach", "inner-a", &vfs_, "--apply"]);
+    let err = env.vpm_err(&["vm", "attach", "inner-b", &vfs_, "--apply"]);
+    assert!(
+        err.contains("already open through VFIO by VM inner-a"),
+        "{err}"
+    );
+    let err = env.vpm_err(&["vm", "attach", "inner-a", &vf2s, "--apply"]);
+    assert!(err.contains("max_attached"), "{err}");
+    let err = env.vpm_err(&["vm", "attach", "inner-a", &vfs_, "--apply"]);
+    assert!(err.contains("already attached to VM inner-a"), "{err}");
+    assert_eq!(holders(vf), vec![a.pid()], "refusals touched nothing");
+    // Not attached to b: nothing to detach.
+    let err = env.vpm_err(&["vm", "detach", "inner-b", &vfs_, "--apply"]);
+    assert!(err.contains("is not hot-plugged into VM inner-b"), "{err}");
+    env.vpm_ok(&["vm", "detach", "inner-a", &vfs_, "--apply"]);
+    drop(b);
+
+    // A class that never gives a VF back.
+    let keep = InnerVm::start("keep-1", STANDARD);
+    env.vpm_ok(&["vm", "attach", "keep-1", &vfs_, "--apply"]);
+    let err = env.vpm_err(&["vm", "detach", "keep-1", &vfs_, "--apply"]);
+    assert!(err.contains("detach = false"), "{err}");
+    assert_eq!(holders(vf), vec![keep.pid()]);
+    drop(keep);
+    assert!(wait_until(Duration::from_secs(10), || holders(vf).is_empty()));
+    park(&env, vf);
+
+    // A port without hot-plug: QEMU is never asked, the VF is parked again,
+    // and the journal says it is attached to no VM.
+    let nohp = InnerVm::start(
+        "inner-nohp",
+        VmOpts {
+            port_hotplug: false,
+            ..STANDARD
+        },
+    );
+    let err = env.vpm_err(&["vm", "attach", "inner-nohp", &vfs_, "--apply"]);
+    assert!(
+        err.contains("no free hot-plug port") && err.contains("hotplug=off"),
+        "{err}"
+    );
+    let failed = last_outcome(&env);
+    assert_eq!(failed["phase"], "failed");
+    assert!(
+        failed["note"]
+            .as_str()
+            .unwrap()
+            .contains("not attached to any VM"),
+        "{failed}"
+    );
+    assert!(holders(vf).is_empty());
+    assert!(wait_until(Duration::from_secs(10), || power(vf)
+        == Some(PowerState::D3Hot)));
+    drop(nohp);
+
+    // DEVICE_DELETED never arrives (ACPI hot-plug waits for a guest OS):
+    // a timeout, and the journal says the VF is still attached.
+    let acpi = InnerVm::start(
+        "inner-acpi",
+        VmOpts {
+            native_hotplug: false,
+            ..STANDARD
+        },
+    );
+    env.vpm_ok(&["vm", "attach", "inner-acpi", &vfs_, "--apply"]);
+    let err = env.vpm_err(&["vm", "detach", "inner-acpi", &vfs_, "--apply"]);
+    assert!(
+        err.contains("DEVICE_DELETED") && err.contains("stays attached"),
+        "{err}"
+    );
+    let failed = last_outcome(&env);
+    assert_eq!(failed["phase"], "failed");
+    let note = failed["note"].as_str().unwrap();
+    assert!(note.contains("is attached to VM inner-acpi"), "{note}");
+    assert_eq!(
+        holders(vf),
+        vec![acpi.pid()],
+        "vpm never pulls a VF from under a VM"
+    );
+    drop(acpi);
+    assert!(wait_until(Duration::from_secs(10), || holders(vf).is_empty()));
+    park(&env, vf);
+
+    // The monitor goes away mid-command: kill QEMU while it is realizing the
+    // device (it has opened the VFIO group, it has not answered yet).
+    let c = InnerVm::start("inner-c", STANDARD);
+    let mut attach = Command::new(bin("vpm"))
+        .args(["vm", "attach", "inner-c", &vfs_, "--apply", "--policy"])
+        .arg(env.policy())
+        .arg("--state-dir")
+        .arg(env.state())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let caught = wait_until(Duration::from_secs(20), || holders(vf).contains(&c.pid()));
+    c.signal(libc::SIGKILL);
+    let out = wait_output(&mut attach);
+    assert!(caught, "QEMU never opened the VF");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(!out.status.success(), "the attach cannot have succeeded");
+    assert!(err.contains("closed the connection"), "{err}");
+    let failed = last_outcome(&env);
+    assert_eq!(failed["phase"], "failed");
+    assert!(
+        failed["note"]
+            .as_str()
+            .unwrap()
+            .contains("not attached to any VM"),
+        "{failed}"
+    );
+    drop(c);
+    drop(a);
+    assert!(holders(vf2).is_empty() && holders(vf).is_empty());
+}
+
+fn wait_output(child: &mut Child) -> Output {
+    let mut stderr = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = e.read_to_end(&mut stderr);
+    }
+    let status = child.wait().unwrap();
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    }
+}
