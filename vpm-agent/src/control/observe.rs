@@ -121,7 +121,7 @@ impl Tracker {
         let mut host = HostState {
             vms: vms
                 .iter()
-                .map(|name| VmState { name: name.clone() })
+                .map(|name| VmState::named(name.clone()))
                 .collect(),
             ..HostState::default()
         };

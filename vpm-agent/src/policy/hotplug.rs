@@ -24,6 +24,19 @@ pub struct HotplugSettings {
     /// past it the VF is reported as still attached. Default 10.
     #[serde(deserialize_with = "super::settings::positive")]
     pub unplug_timeout_s: f64,
+    /// The resource whose forecast says how many VFs a VM wants hot-plugged
+    /// (`cpu`, `net_rx_bytes_per_s`, ... any series vpm records). Default
+    /// none: `vpm run` plans no hot-plug (`vpm vm` still works).
+    pub demand: Option<String>,
+    /// How much of `demand` one VF serves (above 0): a VM wants
+    /// `ceil(upper bound / per_vf)` VFs (within 0.2 of a whole number rounds
+    /// down), at most its class's `max_attached`. Default 1.
+    #[serde(deserialize_with = "super::settings::positive")]
+    pub per_vf: f64,
+    /// A hot-plugged VF stays attached at least this long, seconds, before
+    /// vpm takes it back (at least 0). Default 60.
+    #[serde(deserialize_with = "super::settings::seconds")]
+    pub attached_s: f64,
 }
 
 impl Default for HotplugSettings {
@@ -33,6 +46,9 @@ impl Default for HotplugSettings {
             monitor: None,
             command_timeout_s: 10.0,
             unplug_timeout_s: 10.0,
+            demand: None,
+            per_vf: 1.0,
+            attached_s: 60.0,
         }
     }
 }

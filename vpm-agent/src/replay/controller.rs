@@ -503,7 +503,7 @@ mod tests {
                 peak_held: 0,
             }],
             devices: Vec::new(),
-            vms: vec![VmState { name: "a".into() }],
+            vms: vec![VmState::named("a")],
         }
     }
 

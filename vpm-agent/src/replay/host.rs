@@ -440,7 +440,7 @@ impl SimHost {
             vms: self
                 .vms
                 .keys()
-                .map(|name| VmState { name: name.clone() })
+                .map(|name| VmState::named(name.clone()))
                 .collect(),
         })
     }

@@ -1,10 +1,10 @@
 //! What every rule of one plan shares: the inputs, the policy's windows and
 //! dwell checks, and the proposals the rules make.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::forecasts::{Forecasts, Peak, VmForecasts};
-use super::state::{DeviceState, HostState};
+use super::state::{DeviceState, HostState, VmState};
 use crate::executor::Action;
 use crate::hal::Bdf;
 use crate::policy::{Candidate, ClassRef, Policy};
@@ -17,6 +17,11 @@ pub(crate) struct Ctx<'a> {
     pub(crate) forecasts: &'a Forecasts,
     /// Running VMs, by name (sorted, no duplicates).
     pub(crate) vms: BTreeSet<&'a str>,
+    /// Running VMs' states, by name (the first of duplicates).
+    pub(crate) vm_states: BTreeMap<&'a str, &'a VmState>,
+    /// The PF whose pool serves hot-plug demand: the allowed PF with the
+    /// lowest address.
+    pub(crate) hotplug_pf: Option<Bdf>,
 }
 
 impl<'a> Ctx<'a> {
@@ -31,6 +36,18 @@ impl<'a> Ctx<'a> {
             policy,
             forecasts,
             vms: host.vms.iter().map(|v| v.name.as_str()).collect(),
+            vm_states: host
+                .vms
+                .iter()
+                .rev()
+                .map(|v| (v.name.as_str(), v))
+                .collect(),
+            hotplug_pf: host
+                .pfs
+                .iter()
+                .filter(|p| policy.devices.allows(&p.candidate()))
+                .map(|p| p.bdf)
+                .min(),
         }
     }
 
@@ -108,15 +125,19 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Kinds of action, in the order they go first at equal priority: pools grow
-/// before devices are woken (both serve demand), then pools shrink and
-/// devices are parked (both save resources).
+/// Kinds of action, in the order they go first at equal priority: pools grow,
+/// VFs move to and are attached to VMs, devices are woken (all serve
+/// demand), then pools shrink, devices are parked and VFs given back (all
+/// save resources).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Rank {
     Grow,
+    Move,
+    Attach,
     Wake,
     Shrink,
     Park,
+    Detach,
 }
 
 /// An action a rule wants, before the budget picks.

@@ -160,6 +160,20 @@ pub struct VmForecasts {
     pub cpu: Option<Outlook>,
     /// Memory, bytes.
     pub memory: Option<Outlook>,
+    /// Every other resource, by its store name (what `[hotplug] demand`
+    /// may name).
+    pub other: BTreeMap<String, Outlook>,
+}
+
+impl VmForecasts {
+    /// The outlook of the resource the store calls `name`.
+    pub fn resource(&self, name: &str) -> Option<&Outlook> {
+        match name {
+            CPU => self.cpu.as_ref(),
+            MEMORY => self.memory.as_ref(),
+            _ => self.other.get(name),
+        }
+    }
 }
 
 /// Forecasts of every VM, by VM name.
@@ -214,12 +228,20 @@ impl Resource {
 impl Forecasts {
     /// Adds the forecasts of `vm`'s series `resource`. Device activity of
     /// several kinds adds up per horizon. Returns whether the resource is one
-    /// plans use (others are ignored).
+    /// of the kinds above; others are kept by name in
+    /// [`VmForecasts::other`] (for `[hotplug] demand`).
     pub fn add(&mut self, vm: &str, resource: &str, forecasts: &[Forecast]) -> bool {
+        let points: Vec<Point> = forecasts.iter().map(Point::from).collect();
         let Some(r) = Resource::parse(resource) else {
+            self.vms
+                .entry(vm.to_owned())
+                .or_default()
+                .other
+                .entry(resource.to_owned())
+                .or_default()
+                .add(&points);
             return false;
         };
-        let points: Vec<Point> = forecasts.iter().map(Point::from).collect();
         self.add_points(vm, r, &points);
         true
     }

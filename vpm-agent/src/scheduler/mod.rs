@@ -63,6 +63,7 @@
 //! The executor checks its safety rules again whatever a plan says.
 
 mod budget;
+mod connect;
 mod context;
 pub mod forecasts;
 pub mod output;
@@ -82,7 +83,10 @@ pub use forecasts::{Forecasts, Outlook, Peak, Point, Resource, VmForecasts};
 pub use output::{Deferred, Plan, PlannedAction, Recommendation, Sizing};
 pub use pool::{VF_ROUNDING_SLACK, vf_units};
 pub use recommend::{CPU_STEP, MEMORY_STEP};
-pub use state::{DeviceState, DeviceUse, HostState, PfState, Readiness, VfCountChange, VmState};
+pub use state::{
+    AttachedVf, DeviceState, DeviceUse, HostState, PfState, Readiness, VfCountChange, VmHotplug,
+    VmState,
+};
 
 use crate::hal::Bdf;
 use crate::policy::Policy;
@@ -105,6 +109,7 @@ pub fn plan(now: f64, host: &HostState, forecasts: &Forecasts, policy: &Policy) 
         .flat_map(|p| p.vfs.iter().map(|v| v.bdf))
         .collect();
 
+    let mut resizing = BTreeSet::new();
     for pf in &pfs {
         if ctx.allowed(&pf.candidate()) {
             let pool = pool::size_pool(&ctx, pf);
@@ -112,6 +117,7 @@ pub fn plan(now: f64, host: &HostState, forecasts: &Forecasts, policy: &Policy) 
             proposals.extend(pool.proposals);
             deferred.extend(pool.deferred);
             if resizes {
+                resizing.insert(pf.bdf);
                 continue;
             }
         }
@@ -140,6 +146,7 @@ pub fn plan(now: f64, host: &HostState, forecasts: &Forecasts, policy: &Policy) 
 
     proposals.extend(power_out.proposals);
     deferred.extend(power_out.deferred);
+    connect::plan(&ctx, host, &resizing, &mut proposals, &mut deferred);
     let (actions, over_budget) = budget::select(proposals, policy.plan.max_actions_per_tick);
     // Stable: within a priority, rule order (PFs by address, then devices).
     deferred.sort_by_key(|d| std::cmp::Reverse(d.priority));

@@ -104,11 +104,17 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
                 .vm_forecasts(vm)
                 .and_then(|f| f.vfs.get(&pf.bdf))
                 .and_then(|o| o.peak(window));
-            if held == 0 && peak.is_none() {
+            // Hot-plug demand is served from one PF's pool (`Ctx::hotplug_pf`).
+            let hotplug = (ctx.hotplug_pf == Some(pf.bdf))
+                .then(|| ctx.vm_states.get(vm))
+                .flatten()
+                .and_then(|s| super::connect::wanted(ctx, s, window))
+                .map_or(0, |(n, _)| n);
+            if held == 0 && peak.is_none() && hotplug == 0 {
                 return None;
             }
             let class = ctx.class(vm);
-            let forecast = peak.map_or(0, |p| vf_units(p.upper));
+            let forecast = peak.map_or(0, |p| vf_units(p.upper)).max(hotplug);
             let need = class.class.clamp_vfs(forecast).max(held);
             let use_need = class
                 .class

@@ -111,8 +111,11 @@ fn host_state() -> impl Strategy<Value = HostState> {
         prop::collection::vec(prop::bool::ANY, 2),
         prop::collection::vec(prop::bool::ANY, VMS.len()),
         prop::collection::vec(prop::bool::ANY, 4),
+        // Per VM: vpm can hot-plug into it; per attached VF: by vpm, since.
+        prop::collection::vec(prop::bool::ANY, VMS.len()),
+        prop::collection::vec((prop::bool::weighted(0.8), 0u32..1000), 16),
     )
-        .prop_flat_map(|(pf_on, vm_on, dev_on)| {
+        .prop_flat_map(|(pf_on, vm_on, dev_on, hp_on, attach_info)| {
             let pfs: Vec<_> = PFS
                 .iter()
                 .zip(&pf_on)
@@ -128,14 +131,38 @@ fn host_state() -> impl Strategy<Value = HostState> {
                 .iter()
                 .zip(&vm_on)
                 .filter(|(_, on)| **on)
-                .map(|(v, _)| VmState {
-                    name: (*v).to_owned(),
-                })
+                .map(|(v, _)| VmState::named(*v))
                 .collect();
-            (pfs, devs).prop_map(move |(pfs, devices)| HostState {
-                pfs,
-                devices,
-                vms: vms.clone(),
+            let hp_on = hp_on.clone();
+            let attach_info = attach_info.clone();
+            (pfs, devs).prop_map(move |(pfs, devices)| {
+                let mut info = attach_info.iter().cycle();
+                let vms = vms
+                    .iter()
+                    .zip(&hp_on)
+                    .map(|(v, on)| {
+                        let mut v = v.clone();
+                        // What a VM vpm can reach has attached: the VFs it holds.
+                        v.pid = 100;
+                        v.hotplug = on.then(|| VmHotplug {
+                            attached: pfs
+                                .iter()
+                                .flat_map(|p| &p.vfs)
+                                .filter(|d| d.user.vm() == Some(v.name.as_str()))
+                                .map(|d| {
+                                    let (by_vpm, ago) = info.next().copied().unwrap_or((true, 0));
+                                    AttachedVf {
+                                        vf: d.bdf,
+                                        by_vpm,
+                                        since: Some(NOW - f64::from(ago)),
+                                    }
+                                })
+                                .collect(),
+                        });
+                        v
+                    })
+                    .collect();
+                HostState { pfs, devices, vms }
             })
         })
 }
@@ -173,7 +200,7 @@ fn vm_forecasts() -> impl Strategy<Value = VmForecasts> {
             0..3,
         ),
         prop::collection::btree_map(prop::sample::select(targets), outlook(20.0), 0..4),
-        prop::option::of(outlook(4.0)),
+        prop::option::weighted(0.8, prop_oneof![outlook(4.0), outlook(0.5)]),
         prop::option::of(outlook(8e9)),
     )
         .prop_map(|(vfs, devices, cpu, memory)| VmForecasts {
@@ -181,6 +208,7 @@ fn vm_forecasts() -> impl Strategy<Value = VmForecasts> {
             devices,
             cpu,
             memory,
+            other: Default::default(),
         })
 }
 
@@ -188,7 +216,7 @@ fn forecasts() -> impl Strategy<Value = Forecasts> {
     prop::collection::btree_map(
         prop::sample::select(VMS.map(str::to_owned).to_vec()),
         vm_forecasts(),
-        0..4,
+        0..=4,
     )
     .prop_map(|vms| Forecasts { vms })
 }
@@ -196,16 +224,27 @@ fn forecasts() -> impl Strategy<Value = Forecasts> {
 fn policy() -> impl Strategy<Value = Policy> {
     (
         prop::sample::subsequence(vec!["\"0000:01:00.0\"", "\"0000:05:00.0\"", "\"0000:02:00.1\"", "\"1b36:0010\""], 0..=2),
-        0u32..6,
+        prop_oneof![0u32..6, Just(100)],
         prop_oneof![Just("\"latency\"".to_owned()), Just("\"power\"".to_owned()), (0.0..=1.0f64).prop_map(|w| format!("{w}"))],
         prop::sample::select(vec![60.0, 300.0, 600.0]),
         (0u32..400, 0u32..400, 0u32..1200),
-        prop::bool::ANY,
+        0u8..3,
+        (prop::bool::ANY, 0u32..600, prop::sample::select(vec![0.5, 1.0, 2.0])),
     )
-        .prop_map(|(allow, max, pref, horizon, (awake, parked, vf_count), custom)| {
-            let classes = if custom {
+        .prop_map(|(allow, max, pref, horizon, (awake, parked, vf_count), custom, (hp, attached, per_vf))| {
+            let classes = if custom == 2 {
+                // Everyone takes hot-plug, at three priorities.
+                "[classes.hi]\npriority = 300\nhotplug = true\ndetach = false\n\
+                 [classes.mid]\npriority = 200\nhotplug = true\nmax_attached = 2\npreempt_dwell = true\n\
+                 [classes.lo]\npriority = 100\nhotplug = true\n\
+                 [vms]\nrules = [{ vm = \"db-*\", class = \"hi\" }, { vm = \"web-*\", class = \"mid\" }]\n\
+                 default = \"lo\"\n"
+            } else if custom == 1 {
                 "[classes.gold]\npriority = 9\nmin_vfs = 1\nmax_vfs = 3\npreempt_dwell = true\n\
-                 [classes.tin]\nmax_vfs = 1\n[vms]\nrules = [{ vm = \"db-*\", class = \"gold\" }]\n\
+                 hotplug = true\ndetach = false\n\
+                 [classes.silver]\npriority = 5\nhotplug = true\nmax_attached = 2\n\
+                 [classes.tin]\nmax_vfs = 1\nhotplug = true\n\
+                 [vms]\nrules = [{ vm = \"db-*\", class = \"gold\" }, { vm = \"web-1\", class = \"silver\" }]\n\
                  default = \"tin\"\n"
             } else {
                 "[vms]\nrules = [{ vm = \"db-?\", class = \"guaranteed\" }, \
@@ -214,8 +253,10 @@ fn policy() -> impl Strategy<Value = Policy> {
             let text = format!(
                 "[devices]\nallow = [{}]\n[plan]\nmax_actions_per_tick = {max}\n\
                  preference = {pref}\nhorizon_s = {horizon}\n\
-                 [dwell]\nawake_s = {awake}\nparked_s = {parked}\nvf_count_s = {vf_count}\n{classes}",
-                allow.join(", ")
+                 [dwell]\nawake_s = {awake}\nparked_s = {parked}\nvf_count_s = {vf_count}\n\
+                 [hotplug]\nper_vf = {per_vf}\nattached_s = {attached}\n{}{classes}",
+                allow.join(", "),
+                if hp { "demand = \"cpu\"\n" } else { "" }
             );
             Policy::parse(&text, std::path::Path::new("prop.toml")).unwrap()
         })
@@ -252,10 +293,35 @@ fn settled(since: Option<f64>, dwell: f64) -> bool {
     since.is_none_or(|t| NOW - t >= dwell)
 }
 
-/// The VFs `vm` needs of `pf` over the horizon (the pool rule, restated).
-fn need(policy: &Policy, f: &Forecasts, vm: &str, pf: Bdf) -> Option<u32> {
-    let peak = f.vm(vm)?.vfs.get(&pf)?.peak(policy.plan.horizon_s)?;
-    Some(policy.class_of(vm).class.clamp_vfs(vf_units(peak.upper)))
+/// The VFs `vm` needs of `pf` over the horizon (the pool rule, restated):
+/// its VF forecast, or on the hot-plug PF (the lowest allowed one) its
+/// hot-plug want if larger.
+fn need(policy: &Policy, f: &Forecasts, host: &HostState, vm: &VmState, pf: Bdf) -> Option<u32> {
+    let class = policy.class_of(&vm.name).class;
+    let forecast = f
+        .vm(&vm.name)
+        .and_then(|v| v.vfs.get(&pf))
+        .and_then(|o| o.peak(policy.plan.horizon_s))
+        .map(|p| vf_units(p.upper));
+    let hp_pf = host
+        .pfs
+        .iter()
+        .filter(|p| policy.devices.allows(&p.candidate()))
+        .map(|p| p.bdf)
+        .min();
+    let hotplug = policy
+        .hotplug
+        .demand
+        .as_deref()
+        .filter(|_| class.hotplug && vm.hotplug.is_some() && hp_pf == Some(pf))
+        .and_then(|r| f.vm(&vm.name)?.resource(r)?.peak(policy.plan.horizon_s))
+        .map(|p| vf_units(p.upper / policy.hotplug.per_vf).min(class.max_attached))
+        .filter(|&n| n > 0);
+    let units = match (forecast, hotplug) {
+        (None, None) => return None,
+        (a, b) => a.unwrap_or(0).max(b.unwrap_or(0)),
+    };
+    Some(class.clamp_vfs(units))
 }
 
 fn check(host: &HostState, policy: &Policy, p: &Plan) -> Result<(), TestCaseError> {
@@ -323,6 +389,47 @@ fn check(host: &HostState, policy: &Policy, p: &Plan) -> Result<(), TestCaseErro
                 prop_assert!(d.readiness() != Readiness::Unknown);
                 let settled = settled(d.power_since, policy.dwell.parked_s);
                 prop_assert!(settled || (a.breaks_dwell && preempts), "{}", a.reason);
+            }
+            (Action::Attach { vm, .. }, Found::Vf(_, d)) => {
+                prop_assert!(!d.user.is_held(), "attach of a held VF: {}", a.reason);
+                prop_assert_eq!(d.driver.as_deref(), Some(state::VFIO_DRIVER));
+                let state = host.vms.iter().find(|v| v.name == vm.name);
+                prop_assert!(state.is_some_and(|s| s.hotplug.is_some()), "{}", a.reason);
+                let class = policy.class_of(&vm.name).class;
+                prop_assert!(class.hotplug);
+                let had = state
+                    .and_then(|s| s.hotplug.as_ref())
+                    .map_or(0, |h| h.attached.len());
+                let adds = p
+                    .actions
+                    .iter()
+                    .filter(
+                        |x| matches!(&x.action, Action::Attach { vm: v, .. } if v.name == vm.name),
+                    )
+                    .count();
+                prop_assert!(had + adds <= class.max_attached as usize, "{}", a.reason);
+                prop_assert_eq!(a.vm.as_deref(), Some(vm.name.as_str()));
+            }
+            (Action::Detach { vm, vf }, Found::Vf(_, d)) => {
+                prop_assert_eq!(d.user.vm(), Some(vm.name.as_str()), "{}", a.reason);
+                let class = policy.class_of(&vm.name).class;
+                prop_assert!(class.detach, "detach from a class with detach = false");
+                let attached = host
+                    .vms
+                    .iter()
+                    .find(|v| v.name == vm.name)
+                    .and_then(|v| v.hotplug.as_ref())
+                    .and_then(|h| h.attached.iter().find(|x| x.vf == vf));
+                prop_assert!(
+                    attached.is_some_and(|x| x.by_vpm),
+                    "vpm detaches only what it plugged"
+                );
+                let since = attached.and_then(|x| x.since);
+                prop_assert!(
+                    settled(since, policy.hotplug.attached_s) || (a.breaks_dwell && preempts),
+                    "{}",
+                    a.reason
+                );
             }
             (action, _) => prop_assert!(false, "{action} on the wrong kind of device"),
         }
@@ -399,7 +506,7 @@ proptest! {
             let needs: Vec<u32> = host
                 .vms
                 .iter()
-                .filter_map(|vm| need(&policy, &f, &vm.name, pf.bdf))
+                .filter_map(|vm| need(&policy, &f, &host, vm, pf.bdf))
                 .collect();
             let want = needs.iter().map(|&n| u64::from(n)).sum::<u64>().min(u64::from(pf.total_vfs));
             let after = p
@@ -449,6 +556,7 @@ fn the_generators_reach_every_rule() {
                 Action::Wake { .. } => "wake",
                 Action::Park { .. } => "park",
                 Action::Attach { .. } => "attach",
+                Action::Detach { .. } if a.vm.is_some() => "move",
                 Action::Detach { .. } => "detach",
             };
             seen.insert(kind);
@@ -467,6 +575,9 @@ fn the_generators_reach_every_rule() {
         "wake",
         "wake through a dwell",
         "park",
+        "attach",
+        "move",
+        "detach",
         "shortfall",
         "over budget",
         "deferred",

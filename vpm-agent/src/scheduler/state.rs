@@ -64,10 +64,45 @@ pub struct HostState {
 }
 
 /// A running VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VmState {
     /// Its name, as `identity` reports it (matched against `[vms] rules`).
     pub name: String,
+    /// Its VMM's process id (0: not known).
+    pub pid: u32,
+    /// Its hot-plug situation; `None` when it cannot take hot-plugged
+    /// devices (not QEMU, no QMP monitor, managed by libvirt, or vpm did
+    /// not ask because its class does not opt in).
+    pub hotplug: Option<VmHotplug>,
+}
+
+impl VmState {
+    /// A VM known by name only (no hot-plug).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What is hot-plugged into a VM.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VmHotplug {
+    /// Its hot-plugged VFIO devices.
+    pub attached: Vec<AttachedVf>,
+}
+
+/// A VF hot-plugged into a VM.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttachedVf {
+    /// The VF.
+    pub vf: Bdf,
+    /// Whether vpm plugged it (its qdev id is vpm's); vpm never takes back
+    /// a device it did not plug.
+    pub by_vpm: bool,
+    /// Since when it is attached, unix seconds, if known.
+    pub since: Option<f64>,
 }
 
 /// An SR-IOV physical function and its virtual functions.

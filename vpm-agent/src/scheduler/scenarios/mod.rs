@@ -87,12 +87,7 @@ fn host(pfs: Vec<PfState>, devices: Vec<DeviceState>, vms: &[&str]) -> HostState
     HostState {
         pfs,
         devices,
-        vms: vms
-            .iter()
-            .map(|n| VmState {
-                name: (*n).to_owned(),
-            })
-            .collect(),
+        vms: vms.iter().map(|n| VmState::named(*n)).collect(),
     }
 }
 
@@ -850,3 +845,5 @@ fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
         reasons(&p)
     );
 }
+
+mod hotplug;

@@ -1,0 +1,357 @@
+//! Hot-plug: which VMs get a VF attached ahead of their demand, which give
+//! one back, and which VF moves under contention.
+//!
+//! A VM takes part when its class opts in (`hotplug = true`), vpm can reach
+//! its monitor ([`VmState::hotplug`] is known) and the policy names the
+//! resource that drives it (`[hotplug] demand`). With `D` its forecast of
+//! that resource, a VM *wants* `vf_units(D.upper / per_vf)` VFs, at most
+//! `max_attached`:
+//!
+//! - **attach** when the want within the wake window exceeds what it has:
+//!   a free VF of an allowed PF, bound to vfio-pci (the attach wakes it
+//!   first); an unbound free VF is parked first (binding it; under the
+//!   park rules: awake for `[dwell] awake_s`), and attached next tick;
+//! - **detach** a VF vpm plugged when the want within the keep window
+//!   (and at least `[hotplug] attached_s`) is below what it has, once the VF
+//!   has been attached `attached_s`, and never from a class with
+//!   `detach = false`;
+//! - **move** under contention: with no free VF, a VF goes from the VM with
+//!   the weakest claim (lower priority, or equal priority and lower predicted
+//!   demand) to the stronger one: detached this tick, attached the next, so
+//!   it is never attached to two VMs. A move out of a VM within its
+//!   `attached_s` needs a receiving class with `preempt_dwell`.
+//!
+//! PFs being resized this tick are left alone.
+
+use std::collections::BTreeSet;
+
+use super::context::{Ctx, Proposal, Rank, num, secs, vfs, vm_label};
+use super::forecasts::Peak;
+use super::output::Deferred;
+use super::pool::vf_units;
+use super::state::{DeviceState, HostState, Readiness, VmState};
+use crate::executor::guard::VFIO_DRIVER;
+use crate::executor::{Action, VmRef};
+use crate::hal::Bdf;
+use crate::policy::ClassRef;
+
+/// One hot-plug VM's claim.
+struct Claim<'a> {
+    vm: &'a VmState,
+    class: ClassRef<'a>,
+    /// Peak of the demand resource within the wake window.
+    near: Peak,
+    /// Peak within the keep window.
+    far: Peak,
+    /// VFs wanted within the wake window.
+    want: u32,
+    /// VFs wanted within the keep window.
+    keep: u32,
+    /// VFs attached now (by vpm or not).
+    have: u32,
+}
+
+impl Claim<'_> {
+    fn strength(&self) -> (u32, f64) {
+        (self.class.class.priority, self.near.upper)
+    }
+
+    fn label(&self) -> String {
+        vm_label(&self.vm.name, self.class)
+    }
+
+    fn vm_ref(&self) -> VmRef {
+        VmRef {
+            name: self.vm.name.clone(),
+            pid: self.vm.pid,
+        }
+    }
+}
+
+/// `vm`'s hot-plug want within `window`: the peak of its demand resource,
+/// in VFs, capped by its class. `None` when it does not take part or has no
+/// forecast of the resource.
+pub(crate) fn wanted(ctx: &Ctx<'_>, vm: &VmState, window: f64) -> Option<(u32, Peak)> {
+    let settings = &ctx.policy.hotplug;
+    let resource = settings.demand.as_deref()?;
+    let class = ctx.class(&vm.name);
+    if !class.class.hotplug || vm.hotplug.is_none() {
+        return None;
+    }
+    let peak = ctx
+        .vm_forecasts(&vm.name)?
+        .resource(resource)?
+        .peak(window)?;
+    let units = vf_units(peak.upper / settings.per_vf).min(class.class.max_attached);
+    Some((units, peak))
+}
+
+/// The window within which predicted demand gets a VF attached.
+pub(crate) fn attach_window(ctx: &Ctx<'_>) -> f64 {
+    ctx.wake_window(ctx.policy.plan.wake_latency_s)
+}
+
+fn keep_window(ctx: &Ctx<'_>) -> f64 {
+    ctx.keep_window(ctx.policy.plan.wake_latency_s)
+        .max(ctx.policy.hotplug.attached_s)
+}
+
+/// Hot-plug proposals and what had to wait.
+pub(crate) fn plan(
+    ctx: &Ctx<'_>,
+    host: &HostState,
+    resizing: &BTreeSet<Bdf>,
+    out: &mut Vec<Proposal>,
+    deferred: &mut Vec<Deferred>,
+) {
+    let Some(resource) = ctx.policy.hotplug.demand.as_deref() else {
+        return;
+    };
+    if ctx.hotplug_pf.is_none() {
+        // No PF vpm may act on: nothing to attach, nothing to report.
+        return;
+    }
+    let per_vf = ctx.policy.hotplug.per_vf;
+    let dwell = ctx.policy.hotplug.attached_s;
+    let (near_w, far_w) = (attach_window(ctx), keep_window(ctx));
+    let mut vms: Vec<&VmState> = host.vms.iter().collect();
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    vms.dedup_by(|a, b| a.name == b.name);
+    let mut claims: Vec<Claim<'_>> = vms
+        .into_iter()
+        .filter_map(|vm| {
+            let (want, near) = wanted(ctx, vm, near_w)?;
+            let (keep, far) = wanted(ctx, vm, far_w)?;
+            let have = vm
+                .hotplug
+                .as_ref()
+                .map_or(0, |h| u32::try_from(h.attached.len()).unwrap_or(u32::MAX));
+            Some(Claim {
+                vm,
+                class: ctx.class(&vm.name),
+                near,
+                far,
+                want,
+                keep,
+                have,
+            })
+        })
+        .collect();
+    // Strongest claim first: priority, then predicted demand, then name.
+    claims.sort_by(|a, b| {
+        b.class
+            .class
+            .priority
+            .cmp(&a.class.class.priority)
+            .then(b.near.upper.total_cmp(&a.near.upper))
+            .then(a.vm.name.cmp(&b.vm.name))
+    });
+    let predicted = |c: &Claim<'_>, window: f64, peak: Peak, n: u32| {
+        format!(
+            "{} is predicted to want {} hot-plugged within {} ({resource} upper bound {}, \
+             {} per VF)",
+            c.label(),
+            vfs(n),
+            secs(window),
+            num(peak.upper),
+            num(per_vf)
+        )
+    };
+
+    // VFs taken by a proposal this tick (one action per VF).
+    let mut used: BTreeSet<Bdf> = BTreeSet::new();
+
+    // Give back what will not be wanted.
+    for c in &claims {
+        let Some(hp) = &c.vm.hotplug else { continue };
+        if c.keep >= c.have || c.want >= c.have || !c.class.class.detach {
+            continue;
+        }
+        let surplus = c.have - c.keep.max(c.want);
+        let mut mine: Vec<_> = hp
+            .attached
+            .iter()
+            .filter(|a| a.by_vpm && ctx.settled(a.since, dwell))
+            .collect();
+        mine.sort_by_key(|a| std::cmp::Reverse(a.vf));
+        for a in mine.into_iter().take(surplus as usize) {
+            used.insert(a.vf);
+            out.push(Proposal {
+                action: Action::Detach {
+                    vm: c.vm_ref(),
+                    vf: a.vf,
+                },
+                reason: format!(
+                    "{}, and has {} attached; {} has been attached at least {} \
+                     ([hotplug] attached_s)",
+                    predicted(c, far_w, c.far, c.keep),
+                    c.have,
+                    a.vf,
+                    secs(dwell)
+                ),
+                vm: None,
+                priority: 0,
+                rank: Rank::Detach,
+                demand: 0.0,
+                breaks_dwell: false,
+            });
+        }
+    }
+
+    // Free VFs, ready ones first: bound to vfio-pci and awake, then bound
+    // and asleep, then unbound (parked first, which binds them).
+    let mut free: Vec<(u8, &DeviceState)> = Vec::new();
+    let mut pfs: Vec<_> = host.pfs.iter().collect();
+    pfs.sort_by_key(|p| p.bdf);
+    for pf in pfs {
+        if resizing.contains(&pf.bdf) {
+            continue;
+        }
+        for vf in &pf.vfs {
+            if vf.user.is_held()
+                || !ctx.allowed(&vf.candidate(Some(pf.bdf)))
+                || vf.readiness() == Readiness::Unknown
+            {
+                continue;
+            }
+            let order = match (vf.driver.as_deref() == Some(VFIO_DRIVER), vf.readiness()) {
+                (true, Readiness::Awake) => 0,
+                (true, _) => 1,
+                // Binding is a park, under the park's rules: awake, and
+                // awake for at least [dwell] awake_s.
+                (false, Readiness::Awake)
+                    if ctx.settled(vf.power_since, ctx.policy.dwell.awake_s) =>
+                {
+                    2
+                }
+                (false, _) => continue,
+            };
+            free.push((order, vf));
+        }
+    }
+    free.sort_by_key(|(o, vf)| (*o, vf.bdf));
+    let mut free = free.into_iter();
+
+    for i in 0..claims.len() {
+        let c = &claims[i];
+        if c.want <= c.have {
+            continue;
+        }
+        for _ in c.have..c.want {
+            let why = format!(
+                "{}, and has {} attached",
+                predicted(c, near_w, c.near, c.want),
+                c.have
+            );
+            if let Some((_, vf)) = free.by_ref().find(|(_, v)| !used.contains(&v.bdf)) {
+                used.insert(vf.bdf);
+                let bound = vf.driver.as_deref() == Some(VFIO_DRIVER);
+                out.push(Proposal {
+                    action: if bound {
+                        Action::Attach {
+                            vm: c.vm_ref(),
+                            vf: vf.bdf,
+                        }
+                    } else {
+                        Action::Park { bdf: vf.bdf }
+                    },
+                    reason: if bound {
+                        format!("{why}: attach {} (woken first)", vf.bdf)
+                    } else {
+                        format!(
+                            "{why}: bind {} to {VFIO_DRIVER} (park) so it can be attached next",
+                            vf.bdf
+                        )
+                    },
+                    vm: Some(c.vm.name.clone()),
+                    priority: c.class.class.priority,
+                    rank: Rank::Attach,
+                    demand: c.near.upper,
+                    breaks_dwell: false,
+                });
+                continue;
+            }
+            // No free VF: the weakest claim that may give one up.
+            let donor = claims
+                .iter()
+                .filter(|d| d.vm.name != c.vm.name && d.class.class.detach)
+                .filter(|d| {
+                    let (dp, du) = d.strength();
+                    let (rp, ru) = c.strength();
+                    dp < rp || (dp == rp && du < ru)
+                })
+                .filter_map(|d| {
+                    let hp = d.vm.hotplug.as_ref()?;
+                    let vf = hp
+                        .attached
+                        .iter()
+                        .filter(|a| a.by_vpm && !used.contains(&a.vf))
+                        .find(|a| ctx.settled(a.since, dwell) || c.class.class.preempt_dwell)?;
+                    Some((d, vf))
+                })
+                .min_by(|(a, _), (b, _)| {
+                    let (ap, au) = a.strength();
+                    let (bp, bu) = b.strength();
+                    ap.cmp(&bp)
+                        .then(au.total_cmp(&bu))
+                        .then(a.vm.name.cmp(&b.vm.name))
+                });
+            match donor {
+                Some((d, a)) => {
+                    used.insert(a.vf);
+                    let dwell_cut = !ctx.settled(a.since, dwell);
+                    let reason = format!(
+                        "{why}; no free VF: move {} from {} (predicted {resource} upper bound {}) \
+                         to it{}: detached now, attached once free",
+                        a.vf,
+                        d.label(),
+                        num(d.near.upper),
+                        if dwell_cut {
+                            format!(
+                                ", within its {} attached_s (class {} has preempt_dwell)",
+                                secs(dwell),
+                                c.class.name
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    out.push(Proposal {
+                        action: Action::Detach {
+                            vm: d.vm_ref(),
+                            vf: a.vf,
+                        },
+                        reason: reason.clone(),
+                        vm: Some(c.vm.name.clone()),
+                        priority: c.class.class.priority,
+                        rank: Rank::Move,
+                        demand: c.near.upper,
+                        breaks_dwell: dwell_cut,
+                    });
+                    deferred.push(Deferred {
+                        action: Some(Action::Attach {
+                            vm: c.vm_ref(),
+                            vf: a.vf,
+                        }),
+                        reason: format!(
+                            "waits for {} to be detached from {}: {reason}",
+                            a.vf,
+                            d.label()
+                        ),
+                        vm: Some(c.vm.name.clone()),
+                        priority: c.class.class.priority,
+                    });
+                }
+                None => deferred.push(Deferred {
+                    action: None,
+                    reason: format!(
+                        "{why}: no free VF bound to {VFIO_DRIVER} on an allowed PF, and no VM \
+                         with a weaker claim holds one vpm may take back"
+                    ),
+                    vm: Some(c.vm.name.clone()),
+                    priority: c.class.class.priority,
+                }),
+            }
+        }
+    }
+}

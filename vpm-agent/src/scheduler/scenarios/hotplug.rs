@@ -1,0 +1,268 @@
+//! Hot-plug scenarios: attach ahead of demand, give back after it, move
+//! under contention.
+
+use super::*;
+use crate::executor::VmRef;
+
+/// `web-*` in a high class, the rest in a low one; both take hot-plug.
+fn hp_policy(extra: &str) -> Policy {
+    policy(&format!(
+        "[hotplug]\ndemand = \"cpu\"\nper_vf = 1.0\nattached_s = 60\n{extra}\n\
+         [classes.hi]\npriority = 300\nhotplug = true\n\
+         [classes.lo]\npriority = 100\nhotplug = true\n\
+         [classes.keep]\npriority = 100\nhotplug = true\ndetach = false\n\
+         [classes.off]\npriority = 100\n\
+         [vms]\nrules = [{{ vm = \"web-*\", class = \"hi\" }}, {{ vm = \"keep-*\", class = \"keep\" }}, \
+         {{ vm = \"off-*\", class = \"off\" }}]\ndefault = \"lo\"\n"
+    ))
+}
+
+/// A VM vpm can hot-plug into, with these VFs attached `(vf, by_vpm, seconds ago)`.
+fn vm(name: &str, pid: u32, attached: &[(Bdf, bool, f64)]) -> VmState {
+    VmState {
+        name: name.into(),
+        pid,
+        hotplug: Some(VmHotplug {
+            attached: attached
+                .iter()
+                .map(|&(vf, by_vpm, ago)| AttachedVf {
+                    vf,
+                    by_vpm,
+                    since: Some(NOW - ago),
+                })
+                .collect(),
+        }),
+    }
+}
+
+fn cpu(f: &mut Forecasts, vm: &str, points: &[(f64, f64, f64)]) {
+    f.vms.entry(vm.into()).or_default().cpu = Some(Outlook::from_points(points));
+}
+
+fn hp_host(vfs: Vec<DeviceState>, vms: Vec<VmState>) -> HostState {
+    HostState {
+        pfs: vec![pf(4, vfs)],
+        devices: Vec::new(),
+        vms,
+    }
+}
+
+fn r(name: &str, pid: u32) -> VmRef {
+    VmRef {
+        name: name.into(),
+        pid,
+    }
+}
+
+const BUSY: &[(f64, f64, f64)] = &[(60.0, 0.8, 1.1), (300.0, 0.9, 1.1)];
+const IDLE: &[(f64, f64, f64)] = &[(60.0, 0.0, 0.1), (300.0, 0.0, 0.1)];
+
+#[test]
+fn a_vm_predicted_busy_gets_a_parked_vf_attached() {
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", BUSY);
+    let host = hp_host(
+        vec![dev(vf_bdf(1)), dev(vf_bdf(2))],
+        vec![vm("web-1", 42, &[])],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Attach {
+            vm: r("web-1", 42),
+            vf: vf_bdf(1)
+        }],
+        "{}",
+        reasons(&p)
+    );
+    let why = &p.actions[0].reason;
+    assert!(
+        why.contains("VM web-1 (hi) is predicted to want 1 VF hot-plugged"),
+        "{why}"
+    );
+    assert!(why.contains("cpu upper bound 1.1"), "{why}");
+    assert_eq!(p.actions[0].vm.as_deref(), Some("web-1"));
+    assert_eq!(p.actions[0].priority, 300);
+}
+
+#[test]
+fn no_demand_resource_no_opt_in_or_no_monitor_means_no_hot_plug() {
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", BUSY);
+    cpu(&mut f, "off-1", BUSY);
+    let mut no_monitor = vm("web-2", 44, &[]);
+    no_monitor.hotplug = None;
+    cpu(&mut f, "web-2", BUSY);
+    let host = hp_host(
+        vec![dev(vf_bdf(1)), dev(vf_bdf(2))],
+        vec![vm("off-1", 43, &[]), no_monitor],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // Without [hotplug] demand, even an opted-in VM gets nothing.
+    let host = hp_host(vec![dev(vf_bdf(1))], vec![vm("web-1", 42, &[])]);
+    let p = plan(
+        NOW,
+        &host,
+        &f,
+        &policy("[classes.x]\nhotplug = true\n[vms]\ndefault = \"x\"\n"),
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+}
+
+#[test]
+fn an_unbound_vf_is_bound_first_and_max_attached_caps_the_want() {
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", &[(60.0, 3.0, 5.0)]);
+    let mut unbound = dev(vf_bdf(1));
+    unbound.driver = None;
+    unbound.power = PowerState::D0;
+    unbound.control = Some(PowerControl::On);
+    let host = hp_host(vec![unbound], vec![vm("web-1", 42, &[])]);
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Park { bdf: vf_bdf(1) }],
+        "{}",
+        reasons(&p)
+    );
+    assert!(p.actions[0].reason.contains("so it can be attached next"));
+}
+
+#[test]
+fn a_vf_is_given_back_only_after_attached_s_and_only_if_vpm_plugged_it() {
+    let mut f = Forecasts::default();
+    cpu(&mut f, "lo-1", IDLE);
+    let vf = vf_bdf(1);
+    let held = || vec![dev(vf).awake().held_by("lo-1")];
+    let p = plan(
+        NOW,
+        &hp_host(held(), vec![vm("lo-1", 7, &[(vf, true, 120.0)])]),
+        &f,
+        &hp_policy(""),
+    );
+    assert_eq!(
+        actions(&p),
+        vec![Action::Detach {
+            vm: r("lo-1", 7),
+            vf
+        }],
+        "{}",
+        reasons(&p)
+    );
+    assert!(p.actions[0].reason.contains("attached_s"));
+    // Attached 10 s ago: not yet.
+    let p = plan(
+        NOW,
+        &hp_host(held(), vec![vm("lo-1", 7, &[(vf, true, 10.0)])]),
+        &f,
+        &hp_policy(""),
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // Not plugged by vpm: never.
+    let p = plan(
+        NOW,
+        &hp_host(held(), vec![vm("lo-1", 7, &[(vf, false, 900.0)])]),
+        &f,
+        &hp_policy(""),
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // A class with detach = false: never.
+    cpu(&mut f, "keep-1", IDLE);
+    let held = vec![dev(vf).awake().held_by("keep-1")];
+    let p = plan(
+        NOW,
+        &hp_host(held, vec![vm("keep-1", 8, &[(vf, true, 900.0)])]),
+        &f,
+        &hp_policy(""),
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+}
+
+#[test]
+fn under_contention_a_vf_moves_to_the_stronger_claim_through_a_detach() {
+    let vf = vf_bdf(1);
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", BUSY);
+    cpu(&mut f, "lo-1", BUSY);
+    let host = hp_host(
+        vec![dev(vf).awake().held_by("lo-1")],
+        vec![vm("lo-1", 7, &[(vf, true, 600.0)]), vm("web-1", 42, &[])],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Detach {
+            vm: r("lo-1", 7),
+            vf
+        }],
+        "{}",
+        reasons(&p)
+    );
+    assert_eq!(
+        p.actions[0].vm.as_deref(),
+        Some("web-1"),
+        "the move serves web-1"
+    );
+    assert!(
+        p.actions[0]
+            .reason
+            .contains("move 0000:01:00.1 from VM lo-1 (lo)")
+    );
+    assert!(p.deferred.iter().any(|d| d.action
+        == Some(Action::Attach {
+            vm: r("web-1", 42),
+            vf
+        })));
+
+    // The other way round: the weaker claim takes nothing.
+    let host = hp_host(
+        vec![dev(vf).awake().held_by("web-1")],
+        vec![vm("web-1", 42, &[(vf, true, 600.0)]), vm("lo-1", 7, &[])],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    assert!(p.deferred.iter().any(|d| d.vm.as_deref() == Some("lo-1")
+        && d.action.is_none()
+        && d.reason.contains("no free VF")));
+
+    // Equal priority: higher predicted demand wins, within attached_s nobody moves.
+    let mut f2 = Forecasts::default();
+    cpu(&mut f2, "lo-1", &[(60.0, 0.9, 1.0)]);
+    cpu(&mut f2, "lo-2", &[(60.0, 2.0, 3.0)]);
+    let host = |ago: f64| {
+        hp_host(
+            vec![dev(vf).awake().held_by("lo-1")],
+            vec![vm("lo-1", 7, &[(vf, true, ago)]), vm("lo-2", 9, &[])],
+        )
+    };
+    let p = plan(NOW, &host(600.0), &f2, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Detach {
+            vm: r("lo-1", 7),
+            vf
+        }],
+        "{}",
+        reasons(&p)
+    );
+    let p = plan(NOW, &host(5.0), &f2, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+}
+
+#[test]
+fn the_pool_grows_for_hot_plug_demand() {
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", BUSY);
+    let host = hp_host(Vec::new(), vec![vm("web-1", 42, &[])]);
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::SetVfs {
+            pf: bdf(PF),
+            count: 1
+        }],
+        "{}",
+        reasons(&p)
+    );
+}
