@@ -165,23 +165,6 @@ pub fn self_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn perf_csv_lines_are_parsed() {
-        let text = "1001,,kvm:kvm_pio,2001,100.00,,\n500,,kvm:kvm_mmio,2001,100.00,,\n<not counted>,,kvm:kvm_exit,0,0.00,,\n";
-        assert_eq!(
-            parse_perf_csv(text),
-            vec![
-                ("kvm:kvm_pio".to_owned(), 1001),
-                ("kvm:kvm_mmio".to_owned(), 500)
-            ]
-        );
-    }
-}
-
 /// `f` over `items` on `threads` threads, results in order; the first error wins.
 pub fn parallel_map<T: Sync, R: Send>(
     items: &[T],
@@ -222,4 +205,21 @@ pub fn parallel_map<T: Sync, R: Send>(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_csv_lines_are_parsed() {
+        let text = "1001,,kvm:kvm_pio,2001,100.00,,\n500,,kvm:kvm_mmio,2001,100.00,,\n<not counted>,,kvm:kvm_exit,0,0.00,,\n";
+        assert_eq!(
+            parse_perf_csv(text),
+            vec![
+                ("kvm:kvm_pio".to_owned(), 1001),
+                ("kvm:kvm_mmio".to_owned(), 500)
+            ]
+        );
+    }
 }

@@ -5,6 +5,9 @@
 //!
 //! Each test starts the inner VMs it needs and leaves the PF with 0 VFs.
 
+// Test helpers: a failed step is the test's failure, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -19,6 +22,7 @@ use vpm_tests::{bin, wait_until};
 const PF: &str = "0000:01:00.0";
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
+const FIRMWARE_BUSY: &str = "/usr/share/vpm-lab/firmware-busy.bin";
 const WRITE: Duration = Duration::from_secs(60);
 
 const POLICY: &str = r#"
@@ -126,11 +130,14 @@ struct VmOpts {
     /// Native PCIe hot-plug on the root ports, so `device_del` completes
     /// without a guest OS (`DEVICE_DELETED` never comes otherwise).
     native_hotplug: bool,
+    /// The firmware spins instead of halting: one CPU busy while running.
+    busy: bool,
 }
 
 const STANDARD: VmOpts = VmOpts {
     port_hotplug: true,
     native_hotplug: true,
+    busy: false,
 };
 
 impl InnerVm {
@@ -140,7 +147,8 @@ impl InnerVm {
         let mut cmd = Command::new(QEMU);
         cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "64"])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", "none", "-monitor", "none", "-bios", FIRMWARE])
+            .args(["-serial", "none", "-monitor", "none"])
+            .args(["-bios", if o.busy { FIRMWARE_BUSY } else { FIRMWARE }])
             .args(["-name", &format!("guest={name}")])
             .args([
                 "-device",
@@ -200,6 +208,19 @@ impl InnerVm {
             let mut q = Qmp::connect(&self.qmp, Duration::from_secs(5)).await.ok()?;
             q.query_pci().await.ok()
         })
+    }
+
+    /// Runs a QMP command that answers `{}` (`stop`, `cont`).
+    fn command(&self, cmd: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut q = Qmp::connect(&self.qmp, Duration::from_secs(5)).await?;
+            q.execute(cmd, None).await
+        })
+        .unwrap();
     }
 
     fn query_pci(&self) -> Vec<GuestPciDevice> {
@@ -519,4 +540,181 @@ fn wait_output(child: &mut Child) -> Output {
         stdout: Vec::new(),
         stderr,
     }
+}
+
+const LOOP_POLICY: &str = r#"
+[devices]
+allow = ["0000:01:00.1"]
+
+[plan]
+horizon_s = 2
+max_actions_per_tick = 4
+wake_latency_s = 0.5
+
+[dwell]
+awake_s = 1
+parked_s = 1
+
+[hotplug]
+demand = "cpu"
+per_vf = 0.5
+attached_s = 3
+unplug_timeout_s = 5
+
+[classes.lo]
+priority = 100
+hotplug = true
+
+[classes.hi]
+priority = 200
+hotplug = true
+
+[vms]
+rules = [{ vm = "hi-*", class = "hi" }]
+default = "lo"
+"#;
+
+/// The closed loop with hot-plug: `vpm run --apply` gives the one VF it may
+/// manage to whichever inner VM is busy (its forecast CPU, `[hotplug] demand
+/// = "cpu"`); the demand moves from the first VM to the second and the VF
+/// follows, through a detach and an attach, never attached to both, never
+/// lost.
+#[test]
+fn vpm_run_moves_the_vf_with_the_demand() {
+    in_lab();
+    let _clean = Cleanup;
+    let env = Env::new();
+    std::fs::write(env.policy(), LOOP_POLICY).unwrap();
+    let vf = vfs(1)[0];
+    assert_eq!(vf.to_string(), "0000:01:00.1");
+    park(&env, vf);
+    let busy = VmOpts {
+        busy: true,
+        ..STANDARD
+    };
+    let a = InnerVm::start("lo-a", busy);
+    let b = InnerVm::start("hi-b", busy);
+    b.command("stop");
+
+    let dir = env.dir.path();
+    let mut agent = Command::new(bin("vpm"))
+        .args(["run", "--apply", "--interval", "250ms", "--step", "500ms"])
+        .args(["--horizons", "1s,2s", "--plan-interval", "500ms"])
+        .args(["--export-interval", "5s"])
+        .arg("--policy")
+        .arg(env.policy())
+        .arg("--state-dir")
+        .arg(env.state())
+        .arg("--export-dir")
+        .arg(dir.join("exports"))
+        .arg("--socket")
+        .arg(dir.join("vpm.sock"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("agent.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let sock = dir.join("vpm.sock");
+    let log = || {
+        let plan = Command::new(bin("vpm"))
+            .args(["plan", "--output", "json", "--socket"])
+            .arg(&sock)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default() + "\nlast plan: " + &plan
+    };
+
+    // Who holds the VF, every 100 ms, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen: Vec<(Instant, Vec<u32>, bool)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let exists = Sysfs::host().device_dir(vf).exists();
+                let roots = Roots::host();
+                let h = roots
+                    .function(vf)
+                    .and_then(|f| roots.holders(&f))
+                    .map(|h| h.iter().map(|h| h.pid).collect())
+                    .unwrap_or_default();
+                seen.push((Instant::now(), h, exists));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        })
+    };
+
+    // Phase 1: a is busy, b is stopped: a gets the VF.
+    let t = Instant::now();
+    let got_a = wait_until(Duration::from_secs(90), || holders(vf) == vec![a.pid()]);
+    eprintln!("phase 1: VF attached to lo-a after {:?}", t.elapsed());
+    assert!(
+        got_a,
+        "the VF never reached the busy VM lo-a; agent log:\n{}",
+        log()
+    );
+    // Phase 2: the demand moves: a stops, b runs.
+    a.command("stop");
+    b.command("cont");
+    let t = Instant::now();
+    let got_b = wait_until(Duration::from_secs(90), || holders(vf) == vec![b.pid()]);
+    eprintln!("phase 2: VF moved to hi-b after {:?}", t.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    assert!(wait_until(Duration::from_secs(30), || agent
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some()));
+    assert!(
+        got_b,
+        "the VF did not follow the demand to hi-b; agent log:\n{}",
+        log()
+    );
+
+    // Never attached to both, never lost (the VF existed at every sample).
+    assert!(seen.len() > 50, "{} samples", seen.len());
+    for (_, h, exists) in &seen {
+        assert!(*exists, "the VF vanished");
+        assert!(h.len() <= 1, "attached to two VMs at once: {h:?}");
+    }
+    // The journal: attach to a, detach from a, attach to b, in that order.
+    let done: Vec<(String, String)> = env
+        .journal()
+        .iter()
+        .filter(|e| e["phase"] == "done")
+        .filter_map(|e| {
+            let a = &e["action"];
+            Some((
+                a["action"].as_str()?.to_owned(),
+                a["vm"]["name"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let want = [
+        ("attach".to_owned(), "lo-a".to_owned()),
+        ("detach".to_owned(), "lo-a".to_owned()),
+        ("attach".to_owned(), "hi-b".to_owned()),
+    ];
+    let mut it = done.iter();
+    for w in &want {
+        assert!(it.any(|d| d == w), "journal lacks {w:?} in order: {done:?}");
+    }
+    // The plan said why: the actions CSV has the reasons.
+    let csv: String = std::fs::read_dir(dir.join("exports"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("actions-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        csv.contains("attach") && csv.contains("hot-plugged"),
+        "{csv}"
+    );
 }

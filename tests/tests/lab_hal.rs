@@ -7,6 +7,9 @@
 //! (`VPM_LAB=1`, set by the guest's run script). Each test starts from the state
 //! it needs and leaves the PF with 0 VFs.
 
+// Test helpers: a failed step is the test's failure, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -541,10 +544,10 @@ fn first_child(dir: &Path, class: &str) -> String {
     // `…/virtioN/<class>/<name>`
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let p = entry.path().join(class);
-        if let Ok(mut names) = std::fs::read_dir(&p) {
-            if let Some(Ok(n)) = names.next() {
-                return n.file_name().to_string_lossy().into_owned();
-            }
+        if let Ok(mut names) = std::fs::read_dir(&p)
+            && let Some(Ok(n)) = names.next()
+        {
+            return n.file_name().to_string_lossy().into_owned();
         }
     }
     panic!("no {class} device under {}", dir.display());

@@ -117,13 +117,27 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         proc: args.collect.proc_root.clone(),
         dev: PathBuf::from("/dev"),
     };
-    let (controller, interrupted) = vpm::control::Controller::new(
+    let hotplug = policy.as_ref().map(|p| p.hotplug.clone());
+    let (mut controller, interrupted) = vpm::control::Controller::new(
         Box::new(backend),
         policy,
         args.apply,
         &args.state_dir,
         vpm::executor::ApplyOptions::default(),
     )?;
+    if let Some(settings) = hotplug {
+        if let Some(demand) = &settings.demand {
+            log::info!(
+                "hot-plug: VMs of classes with hotplug = true get VFs over QMP as their \
+                 forecast {demand} asks ({} per VF)",
+                settings.per_vf
+            );
+        }
+        controller.set_hotplug(Box::new(vpm::connect::QmpHotplug::new(
+            &args.collect.proc_root,
+            settings,
+        )));
+    }
     for i in interrupted {
         log::warn!(
             "journal: `{}` was interrupted by a restart; it {}",

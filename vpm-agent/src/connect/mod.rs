@@ -27,7 +27,11 @@ pub const PORT_TYPES: &[&str] = &["pcie-root-port", "ioh3420", "xio3130-downstre
 
 /// The qdev id vpm gives the VF `vf` in a VM: `vpm-0000-01-00-1`.
 pub fn device_id(vf: Bdf) -> String {
-    format!("vpm-{}", vf.to_string().replace([':', '.'], "-"))
+    format!(
+        "{}{}",
+        crate::executor::hotplug::DEVICE_ID_PREFIX,
+        vf.to_string().replace([':', '.'], "-")
+    )
 }
 
 /// A VM as `vpm vm list` shows it.

@@ -9,16 +9,19 @@
 pub mod csv;
 pub mod observe;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::executor::journal::Interrupted;
-use crate::executor::{self, Action, ApplyOptions, ExecuteError, Journal, JournalError};
+use crate::executor::{
+    self, Action, ApplyOptions, ExecuteError, Hotplug, Journal, JournalError, VmRef,
+};
 use crate::hal::{HalError, PciBackend};
 use crate::pipeline::SeriesOutlook;
 use crate::policy::Policy;
-use crate::scheduler::{self, Forecasts, HostState, Plan};
+use crate::scheduler::{self, AttachedVf, Forecasts, HostState, Plan, VmHotplug};
 use crate::store::long::Row;
 
 pub use observe::Tracker;
@@ -83,6 +86,12 @@ pub struct Controller {
     plan: Option<Plan>,
     plans: Vec<Plan>,
     records: Vec<ActionRecord>,
+    /// The hypervisor side of hot-plug, when the agent connects VFs to VMs.
+    hotplug: Option<Box<dyn Hotplug + Send>>,
+    /// When each (VM, VF) attachment was first seen (or made).
+    attached_since: BTreeMap<(String, crate::hal::Bdf), f64>,
+    /// VMs whose monitor problem was already logged.
+    warned: BTreeSet<String>,
 }
 
 /// Most plans and action records kept between exports.
@@ -122,9 +131,68 @@ impl Controller {
                 plan: None,
                 plans: Vec::new(),
                 records: Vec::new(),
+                hotplug: None,
+                attached_since: BTreeMap::new(),
+                warned: BTreeSet::new(),
             },
             interrupted,
         ))
+    }
+
+    /// Connects VFs to VMs through `hv` (the policy's `[hotplug] demand`
+    /// and classes with `hotplug = true` say which and when).
+    pub fn set_hotplug(&mut self, hv: Box<dyn Hotplug + Send>) {
+        self.hotplug = Some(hv);
+    }
+
+    /// Asks the hypervisor what is hot-plugged into each VM that takes part
+    /// in hot-plug, into the host state.
+    fn refresh_hotplug(&mut self, now: f64) {
+        let Some(hv) = &self.hotplug else { return };
+        if self.policy.hotplug.demand.is_none() {
+            return;
+        }
+        let mut seen = BTreeSet::new();
+        for vm in &mut self.host.vms {
+            if vm.pid == 0 || !self.policy.class_of(&vm.name).class.hotplug {
+                continue;
+            }
+            let facts = hv.vm_facts(&VmRef {
+                name: vm.name.clone(),
+                pid: vm.pid,
+            });
+            let usable = match (&facts.monitor, facts.libvirt) {
+                (_, true) => Err("managed by libvirt; vpm leaves its monitor alone".to_owned()),
+                (Err(e), false) => Err(e.clone()),
+                (Ok(_), false) => Ok(()),
+            };
+            if let Err(why) = usable {
+                if self.warned.insert(vm.name.clone()) {
+                    log::warn!(
+                        "hot-plug: VM {} (pid {}) is left out: {why}",
+                        vm.name,
+                        vm.pid
+                    );
+                }
+                continue;
+            }
+            let attached = facts
+                .attached
+                .iter()
+                .map(|a| {
+                    let key = (vm.name.clone(), a.vf);
+                    let since = *self.attached_since.entry(key.clone()).or_insert(now);
+                    seen.insert(key);
+                    AttachedVf {
+                        vf: a.vf,
+                        by_vpm: a.by_vpm(),
+                        since: Some(since),
+                    }
+                })
+                .collect();
+            vm.hotplug = Some(VmHotplug { attached });
+        }
+        self.attached_since.retain(|k, _| seen.contains(k));
     }
 
     /// Whether a policy file says what to manage.
@@ -139,6 +207,11 @@ impl Controller {
         self.host = self
             .tracker
             .observe(now, self.backend.as_ref(), &self.policy, &names)?;
+        for vm in &mut self.host.vms {
+            if let Some((_, pid)) = vms.iter().find(|(n, _)| *n == vm.name) {
+                vm.pid = *pid;
+            }
+        }
         Ok(observe::vf_usage(&self.host, vms)
             .into_iter()
             .map(|(vm, pid, resource, value)| Row {
@@ -157,11 +230,13 @@ impl Controller {
         for o in outlook {
             forecasts.add(&o.key.vm, &o.key.resource, &o.forecasts);
         }
+        self.refresh_hotplug(now);
         let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
         for planned in &plan.actions {
             let before = self.pool_size(&planned.action);
-            let result = executor::execute_on(
+            let result = executor::execute_with(
                 self.backend.as_ref(),
+                self.hotplug.as_deref().map(|h| h as &dyn Hotplug),
                 Some(&self.policy),
                 planned.action.clone(),
                 self.apply,
@@ -177,6 +252,9 @@ impl Controller {
                         .sum::<f64>();
                     if let (&Action::SetVfs { pf, count }, Some(from)) = (&planned.action, before) {
                         self.tracker.pool_changed(pf, from, count, now);
+                    }
+                    if let Action::Attach { vm, vf } = &planned.action {
+                        self.attached_since.insert((vm.name.clone(), *vf), now);
                     }
                     (Outcome::Applied, Some(ms), None)
                 }

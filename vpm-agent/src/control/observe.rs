@@ -110,7 +110,8 @@ impl Tracker {
     }
 
     /// The host as the scheduler sees it: the PFs and devices the policy
-    /// allows, who uses them, and the running `vms`.
+    /// allows (and PFs with an allowed VF), who uses them, and the running
+    /// `vms`.
     pub fn observe(
         &mut self,
         now: f64,
@@ -138,7 +139,21 @@ impl Tracker {
                 device: f.device,
                 physfn: f.physfn,
             };
-            if f.physfn.is_some() || !policy.devices.allows(&candidate) {
+            // A PF counts when it or one of its VFs is allowed (a policy may
+            // hand vpm single VFs of a PF it must not resize).
+            let vf_allowed = || {
+                f.virtfns.iter().any(|(_, vf)| {
+                    backend.function(*vf).is_ok_and(|v| {
+                        policy.devices.allows(&Candidate {
+                            bdf: *vf,
+                            vendor: v.vendor,
+                            device: v.device,
+                            physfn: Some(bdf),
+                        })
+                    })
+                })
+            };
+            if f.physfn.is_some() || !(policy.devices.allows(&candidate) || vf_allowed()) {
                 continue;
             }
             match &f.sriov {

@@ -18,6 +18,9 @@ use super::apply::{ApplyError, ApplyOptions, Step, wait_for};
 use crate::hal::{Bdf, PciBackend, PowerControl, PowerState};
 use crate::policy::Policy;
 
+/// The qdev ids vpm gives the devices it plugs start with this.
+pub const DEVICE_ID_PREFIX: &str = "vpm-";
+
 /// A VF hot-plugged into a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attachment {
@@ -27,6 +30,13 @@ pub struct Attachment {
     pub vf: Bdf,
     /// The port it sits on, when the VM's PCI topology shows it.
     pub port: Option<String>,
+}
+
+impl Attachment {
+    /// Whether vpm plugged it (its qdev id is one vpm gives).
+    pub fn by_vpm(&self) -> bool {
+        self.id.starts_with(DEVICE_ID_PREFIX)
+    }
 }
 
 /// What the hot-plug rules consider about a VM.

@@ -107,8 +107,12 @@ pub(crate) fn plan(
     let Some(resource) = ctx.policy.hotplug.demand.as_deref() else {
         return;
     };
-    if ctx.hotplug_pf.is_none() {
-        // No PF vpm may act on: nothing to attach, nothing to report.
+    let any_vf = host
+        .pfs
+        .iter()
+        .any(|p| p.vfs.iter().any(|v| ctx.allowed(&v.candidate(Some(p.bdf)))));
+    if ctx.hotplug_pf.is_none() && !any_vf {
+        // No PF or VF vpm may act on: nothing to attach, nothing to report.
         return;
     }
     let per_vf = ctx.policy.hotplug.per_vf;

@@ -10,6 +10,10 @@
 //! secondary `slot` and subordinate `slot` into the bus-number register
 //! (offset 0x18) of function 0 of slots 1..=7, then halts with interrupts
 //! off. Writes to empty slots are dropped by the chipset.
+//!
+//! A second image ([`image_busy`]) spins instead of halting: a VM that keeps
+//! one host CPU busy while it runs and none while it is stopped (QMP
+//! `stop`/`cont`), the scripted CPU demand of the hot-plug loop test.
 
 /// The image size: QEMU wants a BIOS that is a multiple of 64 KiB.
 pub const SIZE: usize = 64 * 1024;
@@ -32,8 +36,17 @@ pub fn bus_numbers(slot: u32) -> u32 {
     (slot << 16) | (slot << 8)
 }
 
-/// The firmware image.
+/// The firmware image: number the buses, halt.
 pub fn image() -> Vec<u8> {
+    build(&[0xF4, 0xEB, 0xFD]) // hlt; jmp back to hlt
+}
+
+/// The busy variant: number the buses, spin.
+pub fn image_busy() -> Vec<u8> {
+    build(&[0xEB, 0xFE]) // jmp to itself
+}
+
+fn build(tail: &[u8]) -> Vec<u8> {
     let mut code = vec![0xFA]; // cli
     for slot in SLOTS {
         for (port, value) in [
@@ -47,7 +60,7 @@ pub fn image() -> Vec<u8> {
             code.extend([0x66, 0xEF]); // out dx, eax
         }
     }
-    code.extend([0xF4, 0xEB, 0xFD]); // hlt; jmp back to hlt
+    code.extend(tail);
     assert!(CODE_AT + code.len() <= RESET_AT, "firmware code too long");
     let mut img = vec![0u8; SIZE];
     img[CODE_AT..CODE_AT + code.len()].copy_from_slice(&code);
@@ -83,5 +96,10 @@ mod tests {
         // It ends halted.
         let end = img[..RESET_AT].iter().rposition(|&b| b != 0).unwrap();
         assert_eq!(&img[end - 2..=end], &[0xF4, 0xEB, 0xFD]);
+        let busy = image_busy();
+        let busy_end = busy[..RESET_AT].iter().rposition(|&b| b != 0).unwrap();
+        assert_eq!(&busy[busy_end - 1..=busy_end], &[0xEB, 0xFE]);
+        // The same code before the spin as before the halt.
+        assert!(busy[..busy_end - 1] == img[..end - 2]);
     }
 }

@@ -80,6 +80,8 @@ const INNER_QEMU_FILES: &[&str] = &[
 ];
 /// Where the inner VMs' firmware ([`firmware`]) is in the guest.
 pub const INNER_FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
+/// Its busy variant (spins instead of halting).
+pub const INNER_FIRMWARE_BUSY: &str = "/usr/share/vpm-lab/firmware-busy.bin";
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
@@ -252,6 +254,7 @@ fn initramfs(
         a.copy(f, Path::new(f))?;
     }
     a.file(INNER_FIRMWARE, 0o644, &firmware::image())?;
+    a.file(INNER_FIRMWARE_BUSY, 0o644, &firmware::image_busy())?;
     let mut with_libs: Vec<&Path> = binaries.to_vec();
     with_libs.push(qemu);
     with_libs.push(Path::new(INNER_QEMU_FILES[0]));
