@@ -57,7 +57,69 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     }
     let plan: Plan = serde_json::from_value(plan).context("decoding the plan")?;
     print!("{}", render(&plan));
+    if let Some(t) = attachments(&host) {
+        println!("{t}");
+    }
     Ok(())
+}
+
+/// The VFs hot-plugged into each VM vpm connects (from the agent's host
+/// state), or `None` when no VM takes part in hot-plug.
+pub fn attachments(host: &serde_json::Value) -> Option<Table> {
+    let vms = host.get("vms")?.as_array()?;
+    let mut t = table(&["VM", "PID", "HOT-PLUGGED VFs"]);
+    let mut any = false;
+    for vm in vms {
+        let Some(attached) = vm.pointer("/hotplug/attached").and_then(|a| a.as_array()) else {
+            continue;
+        };
+        any = true;
+        let list: Vec<String> = attached
+            .iter()
+            .map(|a| {
+                let vf = a.get("vf").and_then(|v| v.as_str()).unwrap_or("?");
+                let by_vpm = a.get("by_vpm").and_then(|v| v.as_bool()).unwrap_or(false);
+                let age = a
+                    .get("since")
+                    .and_then(|v| v.as_f64())
+                    .map(|s| format!(", {:.0} s", (vpm::units::unix_now() - s).max(0.0)))
+                    .unwrap_or_default();
+                format!(
+                    "{vf} ({}{age})",
+                    if by_vpm { "by vpm" } else { "not vpm's" }
+                )
+            })
+            .collect();
+        t.add_row(vec![
+            vm.get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned(),
+            vm.get("pid").map(|v| v.to_string()).unwrap_or_default(),
+            if list.is_empty() {
+                "-".to_owned()
+            } else {
+                list.join("\n")
+            },
+        ]);
+    }
+    any.then_some(t)
+}
+
+/// The plan's actions in one short table (for `vpm top`), at most `max`.
+pub fn actions_table(plan: &Plan, max: usize) -> Option<Table> {
+    if plan.actions.is_empty() {
+        return None;
+    }
+    let mut t = table(&["PLANNED", "VM", "REASON"]);
+    for a in plan.actions.iter().take(max) {
+        t.add_row(vec![
+            a.action.to_string(),
+            a.vm.clone().unwrap_or_default(),
+            a.reason.clone(),
+        ]);
+    }
+    Some(t)
 }
 
 fn table(header: &[&str]) -> Table {

@@ -137,10 +137,15 @@ fn live(
             }
         };
         let pci = pci_table(&report).map_or_else(String::new, |t| format!("{t}\n"));
+        // From an agent: its latest plan and what is hot-plugged where.
+        let planned = match source {
+            Source::Agent(stream) => agent_plan(stream),
+            Source::Own(_) => String::new(),
+        };
         // Clear and redraw, like top(1).
         write!(
             stdout,
-            "\x1b[H\x1b[2J\x1b[3Jvpm top - {} VMs - rates over {:.1}s - Ctrl-C to quit\n{}\n{pci}",
+            "\x1b[H\x1b[2J\x1b[3Jvpm top - {} VMs - rates over {:.1}s - Ctrl-C to quit\n{}\n{pci}{planned}",
             report.vms.len(),
             report.window_s,
             output::table(&report)
@@ -149,6 +154,24 @@ fn live(
         .context("writing to the terminal")?;
     }
     Ok(())
+}
+
+/// The agent's latest plan actions and hot-plugged VFs, as text (empty when
+/// there is nothing to show or the agent does not answer).
+fn agent_plan(stream: &mut std::os::unix::net::UnixStream) -> String {
+    let Ok(api::Response::Plan { plan, host, .. }) = api::plan(stream) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    if let Ok(plan) = serde_json::from_value::<vpm::scheduler::Plan>(plan)
+        && let Some(t) = super::plan::actions_table(&plan, 5)
+    {
+        out.push_str(&format!("{t}\n"));
+    }
+    if let Some(t) = super::plan::attachments(&host) {
+        out.push_str(&format!("{t}\n"));
+    }
+    out
 }
 
 /// One VM × PCI device line of the VFIO / PCI table.
