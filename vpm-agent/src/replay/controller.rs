@@ -266,6 +266,8 @@ struct LastPlan {
     held: BTreeMap<String, u32>,
     /// Whether the pool could not grow: below `sriov_totalvfs` with a VF held.
     frozen: bool,
+    /// Each VM's demand then (VFs in use).
+    demand: BTreeMap<String, u32>,
 }
 
 /// vpm as the agent runs it: one [`SeriesForecaster`] per VM for its
@@ -284,6 +286,9 @@ pub struct Vpm {
     last: Option<LastPlan>,
     plans: u64,
     deferred: u64,
+    /// Hot-plug: the demand is forecast as `[hotplug] demand` and served by
+    /// attaching VFs.
+    hotplug: bool,
 }
 
 impl Vpm {
@@ -309,7 +314,25 @@ impl Vpm {
             last: None,
             plans: 0,
             deferred: 0,
+            hotplug: false,
         }
+    }
+
+    /// vpm connecting VFs to VMs ([`HostConfig::hotplug`](super::HostConfig)):
+    /// each VM's demand (VFs it uses) is forecast as the policy's `[hotplug]
+    /// demand` resource (which must be set), so the plan attaches and
+    /// detaches.
+    pub fn hotplug(mut self) -> Self {
+        self.hotplug = true;
+        self
+    }
+
+    fn demand_resource(&self) -> Option<&str> {
+        self.policy
+            .hotplug
+            .demand
+            .as_deref()
+            .filter(|_| self.hotplug)
     }
 
     /// Plans made, and deferred entries over them (for reports).
@@ -372,7 +395,10 @@ impl Controller for Vpm {
                     }
                 })
                 .collect();
-            forecasts.add_points(vm, Resource::Vfs(self.pf), &points);
+            match self.demand_resource() {
+                Some(r) => forecasts.add_other(vm, r, &points),
+                None => forecasts.add_points(vm, Resource::Vfs(self.pf), &points),
+            }
         }
         let plan = scheduler::plan(now, host, &forecasts, &self.policy);
         self.plans += 1;
@@ -399,6 +425,7 @@ impl Controller for Vpm {
             deferred: plan.deferred,
             held,
             frozen,
+            demand: demand.iter().cloned().collect(),
         });
         Ok(decisions)
     }
@@ -422,7 +449,8 @@ impl Controller for Vpm {
                 None => MissCause::Contention,
                 Some(Action::SetVfs { .. }) => MissCause::PoolFrozen,
                 Some(Action::Wake { .. } | Action::Park { .. }) => MissCause::WakeDeferred,
-                Some(Action::Attach { .. } | Action::Detach { .. }) => MissCause::Other,
+                // A hot-plug VM waiting for a VF another VM gives up.
+                Some(Action::Attach { .. } | Action::Detach { .. }) => MissCause::Contention,
             };
             // The pool is the first obstacle, then contention, then wakes.
             let rank = |c: MissCause| match c {
@@ -444,6 +472,22 @@ impl Controller for Vpm {
     /// plus `unit`.
     fn foresaw(&self, vm: &str, unit: u32) -> Option<bool> {
         let last = self.last.as_ref()?;
+        if let Some(r) = self.demand_resource() {
+            // Hot-plug: the demand forecast in VFs (as the plan counts it)
+            // reached what the VM used then plus `unit`.
+            let class = self.policy.class_of(vm).class;
+            let units = last
+                .forecasts
+                .vm(vm)
+                .and_then(|f| f.resource(r))
+                .and_then(|o| o.peak(self.policy.plan.horizon_s))
+                .map_or(0, |p| {
+                    scheduler::vf_units(p.upper / self.policy.hotplug.per_vf)
+                        .min(class.max_attached)
+                });
+            let used = last.demand.get(vm).copied().unwrap_or(0);
+            return Some(units >= used.saturating_add(unit));
+        }
         let held = last.held.get(vm).copied().unwrap_or(0);
         let peak = last
             .forecasts

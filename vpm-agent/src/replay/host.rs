@@ -20,17 +20,30 @@
 //! priority, as soon as a VF is free. A VM that needs fewer VFs closes the
 //! one it opened last; a VF under `power/control=auto` then suspends by
 //! itself (runtime PM), one under `on` stays in D0.
+//!
+//! With [`HostConfig::hotplug`] the VMs are QEMU guests that cannot take a
+//! VF themselves: a VF is theirs only once a policy attached it
+//! ([`Action::Attach`], through the executor and a simulated hypervisor), and
+//! an onset finds a VF *ready* only if one attached to the VM is idle and
+//! awake (connected before the demand). Otherwise the demand waits until
+//! one is attached. Ending a use leaves the VF attached; only a
+//! [`Action::Detach`] gives it back (a detach of a VF in use puts that use
+//! back to waiting).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::ReplayError;
 use super::metrics::{OnsetOutcome, SlotState};
-use crate::executor::{self, Action, ApplyOptions, ExecuteError};
+use crate::executor::{
+    self, Action, ApplyOptions, Attachment, ExecuteError, Hotplug, HotplugError, VmFacts, VmRef,
+};
 use crate::hal::sim::SimPci;
 use crate::hal::{Bdf, HolderInfo, PciBackend, PowerControl, PowerState};
 use crate::policy::Policy;
-use crate::scheduler::{DeviceState, DeviceUse, HostState, PfState, VfCountChange, VmState};
+use crate::scheduler::{
+    AttachedVf, DeviceState, DeviceUse, HostState, PfState, VfCountChange, VmHotplug, VmState,
+};
 
 /// The driver VMs open VFs through.
 const VFIO: &str = crate::executor::guard::VFIO_DRIVER;
@@ -44,17 +57,21 @@ pub struct Latencies {
     pub create_s: f64,
     /// Removing VFs (N → 0, and the first half of a resize), seconds.
     pub remove_s: f64,
+    /// Hot-plugging a VF into a running VM (QMP `device_add`), seconds.
+    pub attach_s: f64,
 }
 
 impl Default for Latencies {
     /// The lab's measurements on an emulated NVMe (BENCHMARKS.md, `## hal`,
     /// medians): opening a parked VF through VFIO 122 ms, creating 4 VFs
-    /// 131 ms, removing 2 VFs 1039 ms.
+    /// 131 ms, removing 2 VFs 1039 ms; and `vpm vm attach` in the lab
+    /// (`lab_connect`, TCG): about 0.6 s for `device_add`.
     fn default() -> Self {
         Self {
             wake_s: 0.122,
             create_s: 0.131,
             remove_s: 1.039,
+            attach_s: 0.6,
         }
     }
 }
@@ -68,6 +85,8 @@ pub struct HostConfig {
     pub total_vfs: u32,
     /// Operation latencies.
     pub latencies: Latencies,
+    /// VMs get VFs only by hot-plug (see the module docs).
+    pub hotplug: bool,
 }
 
 /// What the host keeps of one VF (the agent's journal keeps the same).
@@ -88,8 +107,10 @@ struct VfTrack {
 struct VmSlot {
     pid: u32,
     priority: u32,
-    /// VFs it holds, in the order it opened them.
+    /// VFs it holds (hot-plug: uses), in the order it opened them.
     held: Vec<Bdf>,
+    /// Hot-plug: VFs attached to it, with when.
+    attached: Vec<(Bdf, f64)>,
     /// Onset times of the demand no VF served yet, oldest first.
     pending: VecDeque<f64>,
 }
@@ -155,6 +176,7 @@ impl SimHost {
                     pid: 10_000 + u32::try_from(i).unwrap_or(u32::MAX - 10_000),
                     priority: policy.class_of(name).class.priority,
                     held: Vec::new(),
+                    attached: Vec::new(),
                     pending: VecDeque::new(),
                 };
                 (name.clone(), slot)
@@ -209,11 +231,50 @@ impl SimHost {
         Ok(())
     }
 
+    /// The VM holding `bdf` open (hot-plug: the VM it is attached to).
     fn holder_of(&self, bdf: Bdf) -> Option<&str> {
         self.vms
             .iter()
-            .find(|(_, s)| s.held.contains(&bdf))
+            .find(|(_, s)| {
+                if self.cfg.hotplug {
+                    s.attached.iter().any(|(b, _)| *b == bdf)
+                } else {
+                    s.held.contains(&bdf)
+                }
+            })
             .map(|(n, _)| n.as_str())
+    }
+
+    /// Hot-plug: `vm` starts using one of its attached, unused VFs.
+    fn use_attached(&mut self, now: f64, vm: &str) -> Option<OnsetOutcome> {
+        let slot = self.vms.get(vm)?;
+        let mut idle: Vec<Bdf> = slot
+            .attached
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| !slot.held.contains(b))
+            .collect();
+        // Ready ones first.
+        idle.sort_by_key(|b| {
+            let t = self.vfs.get(b);
+            let ready = t.is_some_and(|t| t.power == Some(PowerState::D0) && t.ready_at <= now);
+            (!ready, *b)
+        });
+        let bdf = *idle.first()?;
+        let t = self.vfs.get(&bdf);
+        let outcome = match t {
+            Some(t) if t.power == Some(PowerState::D0) && t.ready_at <= now => OnsetOutcome::Ready,
+            Some(t) if t.power == Some(PowerState::D0) => OnsetOutcome::Woken {
+                wait_s: t.ready_at - now,
+            },
+            _ => OnsetOutcome::Woken {
+                wait_s: self.cfg.latencies.wake_s,
+            },
+        };
+        if let Some(s) = self.vms.get_mut(vm) {
+            s.held.push(bdf);
+        }
+        Some(outcome)
     }
 
     /// Free VFs, ready ones first (then by address), with whether each is ready.
@@ -228,8 +289,12 @@ impl SimHost {
         free
     }
 
-    /// `vm` opens one free VF at `now`, if there is one.
+    /// `vm` opens one free VF at `now`, if there is one (hot-plug: starts
+    /// using an attached one).
     fn open_one(&mut self, now: f64, vm: &str) -> Result<Option<OnsetOutcome>, ReplayError> {
+        if self.cfg.hotplug {
+            return Ok(self.use_attached(now, vm));
+        }
         let Some(&(bdf, ready)) = self.free_vfs(now).first() else {
             return Ok(None);
         };
@@ -302,7 +367,10 @@ impl SimHost {
             }
             let pid = slot.pid;
             for b in closed {
-                self.sim.close(b, pid);
+                // Hot-plug: the VF stays attached (held by the VM's QEMU).
+                if !self.cfg.hotplug {
+                    self.sim.close(b, pid);
+                }
                 if let Some(t) = self.vfs.get_mut(&b) {
                     t.idle_since = Some(now);
                 }
@@ -344,9 +412,12 @@ impl SimHost {
                         if let Some(s) = self.vms.get_mut(vm) {
                             s.pending.push_back(now);
                         }
-                        // Every VF the PF supports exists and is held.
-                        let full =
-                            u32::try_from(self.vfs.len()).is_ok_and(|n| n >= self.cfg.total_vfs);
+                        // Every VF the PF supports exists and is held (by
+                        // other VMs: hot-plug counts VFs in use elsewhere).
+                        let in_use: usize = self.vms.values().map(|s| s.held.len()).sum();
+                        let full = u32::try_from(self.vfs.len())
+                            .is_ok_and(|n| n >= self.cfg.total_vfs)
+                            && (!self.cfg.hotplug || in_use >= self.vfs.len());
                         if full {
                             OnsetOutcome::AtCapacity
                         } else {
@@ -439,8 +510,22 @@ impl SimHost {
             devices: Vec::new(),
             vms: self
                 .vms
-                .keys()
-                .map(|name| VmState::named(name.clone()))
+                .iter()
+                .map(|(name, s)| VmState {
+                    name: name.clone(),
+                    pid: s.pid,
+                    hotplug: self.cfg.hotplug.then(|| VmHotplug {
+                        attached: s
+                            .attached
+                            .iter()
+                            .map(|&(vf, since)| AttachedVf {
+                                vf,
+                                by_vpm: true,
+                                since: Some(since),
+                            })
+                            .collect(),
+                    }),
+                })
                 .collect(),
         })
     }
@@ -456,20 +541,29 @@ impl SimHost {
             .and_then(|f| f.sriov)
             .map(|s| s.num_vfs);
         let was_awake = match action {
-            Action::Wake { bdf } => self
+            Action::Wake { bdf } | Action::Attach { vf: bdf, .. } => self
                 .vfs
                 .get(&bdf)
                 .is_some_and(|t| t.power == Some(PowerState::D0)),
             _ => false,
         };
-        executor::execute_on(
-            &self.sim,
-            Some(&self.policy),
-            action.clone(),
-            true,
-            &self.opts,
-            None,
-        )?;
+        let was_attached = action.vm().map(|vm| {
+            self.vms
+                .get(&vm.name)
+                .is_some_and(|s| s.attached.iter().any(|(b, _)| *b == action.target()))
+        });
+        {
+            let hv = SimHypervisor { host: self };
+            executor::execute_with(
+                &self.sim,
+                self.cfg.hotplug.then_some(&hv as &dyn Hotplug),
+                Some(&self.policy),
+                action.clone(),
+                true,
+                &self.opts,
+                None,
+            )?;
+        }
         let lat = self.cfg.latencies;
         let mut out = ApplyOutcome {
             from: None,
@@ -506,9 +600,30 @@ impl SimHost {
                     t.power_since = now;
                 }
             }
-            // Hot-plug is not replayed (the simulated host has no hypervisor,
-            // so the executor refuses it before this point).
-            Action::Attach { .. } | Action::Detach { .. } => {}
+            Action::Attach { vm, vf } => {
+                if was_attached == Some(false)
+                    && let Some(s) = self.vms.get_mut(&vm.name)
+                {
+                    s.attached.push((vf, now));
+                }
+                if let Some(t) = self.vfs.get_mut(&vf) {
+                    let wake = if was_awake { 0.0 } else { lat.wake_s };
+                    t.ready_at = t.ready_at.max(now + lat.attach_s + wake);
+                }
+            }
+            Action::Detach { vm, vf } => {
+                if let Some(s) = self.vms.get_mut(&vm.name) {
+                    s.attached.retain(|(b, _)| *b != vf);
+                    // A VF taken while in use: that use waits again.
+                    if let Some(i) = s.held.iter().position(|b| *b == vf) {
+                        s.held.remove(i);
+                        s.pending.push_back(now);
+                    }
+                }
+                if let Some(t) = self.vfs.get_mut(&vf) {
+                    t.idle_since = Some(now);
+                }
+            }
         }
         // The action is done; a failed re-read (only if the simulated PF itself
         // vanished) leaves the tracks as they were, and the next step's
@@ -524,8 +639,11 @@ impl SimHost {
             .vfs
             .iter()
             .map(|(b, t)| {
-                if self.holder_of(*b).is_some() {
+                let in_use = self.vms.values().any(|s| s.held.contains(b));
+                if in_use {
                     SlotState::Held
+                } else if self.holder_of(*b).is_some() {
+                    SlotState::AttachedIdle
                 } else if t.power == Some(PowerState::D0) {
                     SlotState::IdleAwake
                 } else {
@@ -535,6 +653,65 @@ impl SimHost {
             .collect();
         let n = u32::try_from(slots.len()).unwrap_or(u32::MAX);
         (slots, self.cfg.total_vfs.saturating_sub(n))
+    }
+}
+
+/// The hypervisor side of hot-plug in the simulation: attaching makes the
+/// VM's QEMU hold the VF (as `device_add` does), detaching closes it.
+struct SimHypervisor<'a> {
+    host: &'a SimHost,
+}
+
+impl Hotplug for SimHypervisor<'_> {
+    fn vm_facts(&self, vm: &VmRef) -> VmFacts {
+        let attached = self
+            .host
+            .vms
+            .get(&vm.name)
+            .map(|s| {
+                s.attached
+                    .iter()
+                    .map(|&(vf, _)| Attachment {
+                        id: crate::connect::device_id(vf),
+                        vf,
+                        port: Some("rp1".into()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        VmFacts {
+            vm: vm.clone(),
+            libvirt: false,
+            monitor: Ok("simulated".into()),
+            attached,
+        }
+    }
+
+    fn attach(&self, vm: &VmRef, vf: Bdf) -> Result<Attachment, HotplugError> {
+        self.host
+            .sim
+            .open(
+                vf,
+                HolderInfo {
+                    pid: vm.pid,
+                    comm: "qemu-system-x86".into(),
+                    vm: Some(vm.name.clone()),
+                },
+            )
+            .map_err(|e| HotplugError {
+                message: e.to_string(),
+                outcome_unknown: false,
+            })?;
+        Ok(Attachment {
+            id: crate::connect::device_id(vf),
+            vf,
+            port: Some("rp1".into()),
+        })
+    }
+
+    fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError> {
+        self.host.sim.close(vf, vm.pid);
+        Ok(())
     }
 }
 
@@ -551,6 +728,7 @@ mod tests {
             pf: PF.parse().unwrap(),
             total_vfs: 4,
             latencies: Latencies::default(),
+            hotplug: false,
         };
         let names: Vec<String> = vms.iter().map(|s| (*s).to_owned()).collect();
         SimHost::new(cfg, policy, &names)

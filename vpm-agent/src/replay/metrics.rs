@@ -106,8 +106,10 @@ impl MissCause {
 /// Where one existing VF stands over an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotState {
-    /// A VM holds it.
+    /// A VM holds it (hot-plug: uses it).
     Held,
+    /// Hot-plug: attached to a VM that does not use it now.
+    AttachedIdle,
     /// Free and in D0 (awake, or waking).
     IdleAwake,
     /// Free and parked in D3hot.
@@ -180,6 +182,12 @@ pub struct Metrics {
     pub idle_awake_vf_s: f64,
     /// VF-seconds idle in D3hot.
     pub idle_parked_vf_s: f64,
+    /// Hot-plug: VF-seconds attached to a VM that did not use them.
+    pub attached_idle_vf_s: f64,
+    /// Hot-plug: attaches applied.
+    pub attaches: u64,
+    /// Hot-plug: detaches applied.
+    pub detaches: u64,
     /// VF-slot-seconds without a VF (below `sriov_totalvfs`).
     pub absent_vf_s: f64,
     /// Actions applied, by kind: VF count changes, wakes, parks.
@@ -366,6 +374,7 @@ impl Tally {
         for s in slots {
             match s {
                 SlotState::Held => self.m.held_vf_s += dt,
+                SlotState::AttachedIdle => self.m.attached_idle_vf_s += dt,
                 SlotState::IdleAwake => self.m.idle_awake_vf_s += dt,
                 SlotState::IdleParked => self.m.idle_parked_vf_s += dt,
             }
@@ -440,7 +449,18 @@ impl Tally {
                 }
                 flap
             }
-            Action::Attach { .. } | Action::Detach { .. } => false,
+            Action::Attach { .. } => {
+                if scored {
+                    self.m.attaches += 1;
+                }
+                false
+            }
+            Action::Detach { .. } => {
+                if scored {
+                    self.m.detaches += 1;
+                }
+                false
+            }
         };
         if flap && scored {
             self.m.flaps += 1;

@@ -17,12 +17,14 @@
 //! `cargo xtask bench allocation` runs it (tests/src/bin/bench-allocation.rs)
 //! and writes the `## allocation` section of BENCHMARKS.md.
 
+pub mod attach;
 pub mod controller;
 pub mod demand;
 pub mod host;
 pub mod metrics;
 mod run;
 
+pub use attach::{ReactiveAttach, StaticAttach};
 pub use controller::{Controller, Decision, Reactive, Spare, Static, Vpm};
 pub use demand::{DemandTrace, Derive, VmDemand};
 pub use host::{HostConfig, Latencies, SimHost};

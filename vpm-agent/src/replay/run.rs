@@ -136,6 +136,7 @@ mod tests {
     use super::*;
     use crate::forecast::ForecasterConfig;
     use crate::hal::Bdf;
+    use crate::replay::attach::{ReactiveAttach, StaticAttach};
     use crate::replay::controller::{Reactive, Static, Vpm};
     use crate::replay::demand::VmDemand;
     use crate::replay::host::Latencies;
@@ -159,6 +160,7 @@ mod tests {
                 pf,
                 total_vfs: 4,
                 latencies: Latencies::default(),
+                hotplug: false,
             },
             warmup_s: 3600.0,
         };
@@ -211,5 +213,99 @@ mod tests {
         assert_eq!(m.flaps, 0, "{m:?}");
         assert!(m.actions() > 0);
         assert_eq!(m.ready + m.woken + m.shortfalls + m.at_capacity, m.onsets);
+    }
+
+    /// The hot-plug replay: two VMs taking turns (one busy while the other
+    /// idles), one VF between them.
+    fn hotplug_setup() -> (DemandTrace, ReplayConfig, Policy) {
+        let (mut trace, mut cfg, _) = setup();
+        let a: Vec<u32> = (0..1440).map(|i| u32::from(i % 120 >= 90)).collect();
+        let b: Vec<u32> = (0..1440)
+            .map(|i| u32::from((30..60).contains(&(i % 120))))
+            .collect();
+        trace.vms = vec![
+            VmDemand {
+                vm: "web-1".into(),
+                shape: "on/off".into(),
+                vfs: a,
+            },
+            VmDemand {
+                vm: "web-2".into(),
+                shape: "on/off".into(),
+                vfs: b,
+            },
+        ];
+        cfg.host.hotplug = true;
+        cfg.host.total_vfs = 1;
+        let policy = Policy::parse(
+            "[devices]\nallow = [\"0000:01:00.0\"]\n\
+             [hotplug]\ndemand = \"vf_demand\"\nattached_s = 60\n\
+             [classes.web]\nhotplug = true\n[vms]\ndefault = \"web\"\n",
+            "hotplug.toml".as_ref(),
+        )
+        .unwrap();
+        (trace, cfg, policy)
+    }
+
+    #[test]
+    fn hot_plug_baselines_connect_late_or_hold_the_vf() {
+        let (trace, cfg, policy) = hotplug_setup();
+        let pf = cfg.host.pf;
+        let r = replay(
+            &trace,
+            &cfg,
+            &policy,
+            &mut ReactiveAttach::new(pf, policy.clone()),
+        )
+        .unwrap();
+        let m = &r.metrics;
+        assert_eq!(m.onsets, 18, "{m:?} {:?}", r.errors);
+        assert_eq!(m.ready, 0, "attached only once the demand is there: {m:?}");
+        assert_eq!((m.refused, m.failed), (0, 0), "{:?}", r.errors);
+        assert!(m.attaches >= 18 && m.detaches >= 17, "{m:?}");
+
+        // Static attaches the one VF to the first VM for good: the other
+        // never gets it.
+        let s = replay(
+            &trace,
+            &cfg,
+            &policy,
+            &mut StaticAttach::new(pf, policy.clone()),
+        )
+        .unwrap();
+        let m = &s.metrics;
+        let per = |vm: &str| m.per_vm.get(vm).map_or(0, |v| v.ready);
+        assert_eq!(per("web-1"), 9, "{m:?}");
+        assert_eq!(per("web-2"), 0, "{m:?}");
+        assert_eq!(m.detaches, 0);
+    }
+
+    #[test]
+    fn vpm_connects_the_vf_ahead_of_each_turn() {
+        let (trace, cfg, policy) = hotplug_setup();
+        let mut vpm = Vpm::new(
+            cfg.host.pf,
+            policy.clone(),
+            trace.step_s,
+            vec![60.0, 300.0],
+            ForecasterConfig {
+                history_cap: 720,
+                calibration_window: 128,
+                ..ForecasterConfig::default()
+            },
+            8,
+        )
+        .hotplug();
+        let r = replay(&trace, &cfg, &policy, &mut vpm).unwrap();
+        let m = &r.metrics;
+        assert_eq!(m.onsets, 18, "{m:?}");
+        assert_eq!((m.refused, m.failed), (0, 0), "{:?}", r.errors);
+        assert!(m.attaches > 0 && m.detaches > 0, "{m:?}");
+        // The VF moves between the two VMs and is there before most turns.
+        assert!(
+            m.ready >= 9,
+            "connected before only {} of 18 onsets: {m:?}",
+            m.ready
+        );
     }
 }

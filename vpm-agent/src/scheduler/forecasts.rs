@@ -233,13 +233,7 @@ impl Forecasts {
     pub fn add(&mut self, vm: &str, resource: &str, forecasts: &[Forecast]) -> bool {
         let points: Vec<Point> = forecasts.iter().map(Point::from).collect();
         let Some(r) = Resource::parse(resource) else {
-            self.vms
-                .entry(vm.to_owned())
-                .or_default()
-                .other
-                .entry(resource.to_owned())
-                .or_default()
-                .add(&points);
+            self.add_other(vm, resource, &points);
             return false;
         };
         self.add_points(vm, r, &points);
@@ -256,6 +250,18 @@ impl Forecasts {
             Resource::Memory => entry.memory.get_or_insert_with(Outlook::default),
         };
         outlook.add(points);
+    }
+
+    /// Adds points for `vm`'s resource named `name` in
+    /// [`VmForecasts::other`] (summed with what is there).
+    pub fn add_other(&mut self, vm: &str, name: &str, points: &[Point]) {
+        self.vms
+            .entry(vm.to_owned())
+            .or_default()
+            .other
+            .entry(name.to_owned())
+            .or_default()
+            .add(points);
     }
 
     /// `vm`'s forecasts, if any.
