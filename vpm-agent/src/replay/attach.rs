@@ -79,7 +79,7 @@ fn free_bound(pf: &PfState) -> Vec<&DeviceState> {
 
 /// Attaches when demand appears: a VM using more VFs than it has attached
 /// gets free ones (higher class priority first); a VM using none gives all
-/// back at once; free VFs are parked. The onset that triggers an attach
+/// back at once (unless its class has `detach = false`); free VFs are parked. The onset that triggers an attach
 /// never finds its VF connected.
 #[derive(Debug, Clone)]
 pub struct ReactiveAttach {
@@ -122,7 +122,8 @@ impl Controller for ReactiveAttach {
                 .map_or(0, |(_, n)| *n)
                 .min(self.policy.class_of(&vm.name).class.max_attached);
             let have = attached(vm);
-            if want == 0 {
+            // A class that never gives a VF back keeps it (`detach = false`).
+            if want == 0 && self.policy.class_of(&vm.name).class.detach {
                 for vf in have {
                     used.insert(vf);
                     out.push(Action::Detach { vm: vm_ref(vm), vf }.into());

@@ -4,7 +4,10 @@
 //! in whole VFs: see [`vf_units`]) clamped to its class's `min_vfs..=max_vfs`,
 //! and never below what it holds now. A pool is sized to the sum of its VMs'
 //! needs over the plan horizon (plus VFs held by processes that are not VMs),
-//! capped by `sriov_totalvfs`. From a non-zero count every change passes
+//! capped by `sriov_totalvfs`. A VM that takes part in hot-plug (see
+//! `connect`) needs, on the hot-plug PF, every VF its class may attach
+//! (`max_attached`): attached VFs are held, so once VMs have theirs the
+//! pool can seldom be resized. From a non-zero count every change passes
 //! through 0 and destroys every VF, so the count changes only while no VF of
 //! the PF is held; otherwise the pool keeps its size (its spares stay).
 
@@ -104,12 +107,14 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
                 .vm_forecasts(vm)
                 .and_then(|f| f.vfs.get(&pf.bdf))
                 .and_then(|o| o.peak(window));
-            // Hot-plug demand is served from one PF's pool (`Ctx::hotplug_pf`).
+            // Hot-plug demand is served from one PF's pool (`Ctx::hotplug_pf`),
+            // sized for all a VM may be given (`max_attached`): VFs attached
+            // to VMs are held, so the pool can seldom change once in use.
             let hotplug = (ctx.hotplug_pf == Some(pf.bdf))
                 .then(|| ctx.vm_states.get(vm))
                 .flatten()
                 .and_then(|s| super::connect::wanted(ctx, s, window))
-                .map_or(0, |(n, _)| n);
+                .map_or(0, |_| ctx.class(vm).class.max_attached);
             if held == 0 && peak.is_none() && hotplug == 0 {
                 return None;
             }

@@ -315,7 +315,7 @@ fn need(policy: &Policy, f: &Forecasts, host: &HostState, vm: &VmState, pf: Bdf)
         .as_deref()
         .filter(|_| class.hotplug && vm.hotplug.is_some() && hp_pf == Some(pf))
         .and_then(|r| f.vm(&vm.name)?.resource(r)?.peak(policy.plan.horizon_s))
-        .map(|p| vf_units(p.upper / policy.hotplug.per_vf).min(class.max_attached))
+        .map(|_| class.max_attached)
         .filter(|&n| n > 0);
     let units = match (forecast, hotplug) {
         (None, None) => return None,

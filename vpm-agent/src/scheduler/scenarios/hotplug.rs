@@ -9,7 +9,7 @@ fn hp_policy(extra: &str) -> Policy {
     policy(&format!(
         "[hotplug]\ndemand = \"cpu\"\nper_vf = 1.0\nattached_s = 60\n{extra}\n\
          [classes.hi]\npriority = 300\nhotplug = true\n\
-         [classes.lo]\npriority = 100\nhotplug = true\n\
+         [classes.lo]\npriority = 100\nhotplug = true\nmax_attached = 2\n\
          [classes.keep]\npriority = 100\nhotplug = true\ndetach = false\n\
          [classes.off]\npriority = 100\n\
          [vms]\nrules = [{{ vm = \"web-*\", class = \"hi\" }}, {{ vm = \"keep-*\", class = \"keep\" }}, \
@@ -251,16 +251,23 @@ fn under_contention_a_vf_moves_to_the_stronger_claim_through_a_detach() {
 }
 
 #[test]
-fn the_pool_grows_for_hot_plug_demand() {
+fn the_pool_is_created_for_all_a_hot_plug_vm_may_be_given() {
+    // The pool cannot grow once a VF is attached (held), so it is made for
+    // every VF the hot-plug VMs may be given: web-1 (hi) 1, lo-1 (lo) 2,
+    // idle as lo-1 is; a VM with no demand forecast counts nothing.
     let mut f = Forecasts::default();
     cpu(&mut f, "web-1", BUSY);
-    let host = hp_host(Vec::new(), vec![vm("web-1", 42, &[])]);
+    cpu(&mut f, "lo-1", IDLE);
+    let host = hp_host(
+        Vec::new(),
+        vec![vm("web-1", 42, &[]), vm("lo-1", 7, &[]), vm("lo-2", 9, &[])],
+    );
     let p = plan(NOW, &host, &f, &hp_policy(""));
     assert_eq!(
         actions(&p),
         vec![Action::SetVfs {
             pf: bdf(PF),
-            count: 1
+            count: 3
         }],
         "{}",
         reasons(&p)
