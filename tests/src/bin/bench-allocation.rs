@@ -843,7 +843,10 @@ fn render_hotplug(
 ) {
     let hp = hotplug_policy(policy);
     let lat = Latencies::default();
-    let _ = writeln!(md, "### Hot-plug: VFs connected to the VMs before their demand\n");
+    let _ = writeln!(
+        md,
+        "### Hot-plug: VFs connected to the VMs before their demand\n"
+    );
     let _ = writeln!(
         md,
         "The same traces, replayed with hot-plug (`HostConfig::hotplug`): the VMs are QEMU \

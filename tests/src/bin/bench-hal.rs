@@ -1,6 +1,7 @@
 //! Latency of vpm's device actions on a real kernel: VF creation and removal,
-//! binding to vfio-pci, park (→ D3hot), wake (→ D0), and a VM's VFIO open of a
-//! parked VF. Runs inside the lab guest (Debian's kernel in QEMU with an
+//! binding to vfio-pci, park (→ D3hot), wake (→ D0), a VM's VFIO open of a
+//! parked VF, and hot-plugging a VF into a running QEMU and back (QMP). Runs
+//! inside the lab guest (Debian's kernel in QEMU with an
 //! emulated SR-IOV NVMe); `cargo xtask bench hal` boots it and writes the
 //! `## hal` section of BENCHMARKS.md.
 
@@ -40,6 +41,63 @@ struct Args {
 
 const PF: &str = "0000:01:00.0";
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The inner QEMU of the lab guest and its firmware (see xtask/src/lab).
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+const FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
+const QMP: &str = "/run/vpm-bench-qmp.sock";
+
+/// A QEMU VM with one hot-plug port, killed on drop.
+struct InnerVm(std::process::Child);
+
+impl InnerVm {
+    fn start() -> anyhow::Result<Self> {
+        let _ = std::fs::remove_file(QMP);
+        let child = std::process::Command::new(QEMU)
+            .args([
+                "-accel",
+                "tcg",
+                "-machine",
+                "q35",
+                "-m",
+                "64",
+                "-nodefaults",
+            ])
+            .args(["-no-user-config", "-display", "none", "-serial", "none"])
+            .args([
+                "-monitor",
+                "none",
+                "-bios",
+                FIRMWARE,
+                "-name",
+                "guest=bench-vm",
+            ])
+            .args([
+                "-global",
+                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+            ])
+            .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x2"])
+            .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {QEMU}"))?;
+        let vm = Self(child);
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(QMP).is_err() {
+            if started.elapsed() > TIMEOUT {
+                bail!("the inner VM's monitor {QMP} did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(vm)
+    }
+}
+
+impl Drop for InnerVm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Timings of one transition, in milliseconds.
 #[derive(Default)]
@@ -76,11 +134,22 @@ fn main() -> anyhow::Result<()> {
     let pf: Bdf = PF.parse()?;
     let roots = Roots::host();
     let policy = Policy::parse(
-        &format!("[devices]\nallow = [\"{PF}\"]\n"),
+        &format!(
+            "[devices]\nallow = [\"{PF}\"]\n[classes.bench]\nhotplug = true\n\
+             [vms]\ndefault = \"bench\"\n"
+        ),
         "bench".as_ref(),
     )?;
     let opts = ApplyOptions::default();
-    let act = |action| executor::execute(&roots, Some(&policy), action, true, &opts, None);
+    let vm = InnerVm::start()?;
+    let hv = vpm::connect::QmpHotplug::new("/proc", policy.hotplug.clone());
+    let act = |action| {
+        executor::execute_with(&roots, Some(&hv), Some(&policy), action, true, &opts, None)
+    };
+    let bench_vm = vpm::executor::VmRef {
+        name: "bench-vm".into(),
+        pid: vm.0.id(),
+    };
 
     let names = [
         "create 4 VFs (sriov_numvfs 0 → 4)",
@@ -90,6 +159,8 @@ fn main() -> anyhow::Result<()> {
         "park: power/control=auto → D3hot",
         "wake: power/control=on → D0",
         "VFIO open of a parked VF (D3hot → D0)",
+        "attach to a running VM (wake, QMP device_add, holder seen)",
+        "detach (QMP device_del until DEVICE_DELETED, holder gone, park)",
     ];
     let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
 
@@ -125,6 +196,21 @@ fn main() -> anyhow::Result<()> {
         samples[6].push(d);
         drop(device);
         sys.set_power_control(vf, PowerControl::Auto, TIMEOUT)?;
+
+        let (_, d) = timed(|| {
+            Ok(act(Action::Attach {
+                vm: bench_vm.clone(),
+                vf,
+            })?)
+        })?;
+        samples[7].push(d);
+        let (_, d) = timed(|| {
+            Ok(act(Action::Detach {
+                vm: bench_vm.clone(),
+                vf,
+            })?)
+        })?;
+        samples[8].push(d);
 
         let (_, d) = timed(|| Ok(act(Action::SetVfs { pf, count: 2 })?))?;
         samples[1].push(d);
@@ -175,7 +261,11 @@ fn main() -> anyhow::Result<()> {
         md,
         "\nRemoving VFs costs most: each VF is unbound and deleted in turn (a resize \
          is a removal plus a creation). Parking is fast because vfio-pci lets runtime PM \
-         suspend an idle VF at once; a VFIO open resumes it before the open returns."
+         suspend an idle VF at once; a VFIO open resumes it before the open returns. \
+         Attach and detach go through `vpm vm attach|detach`'s path (executor, QMP client) \
+         against a QEMU run inside the guest (TCG, 64 MiB, the lab's firmware, one \
+         `pcie-root-port` with native hot-plug): most of an attach is QEMU realizing the \
+         `vfio-pci` device; a detach waits for `DEVICE_DELETED`, then parks the VF."
     );
     match &args.markdown {
         Some(path) => {

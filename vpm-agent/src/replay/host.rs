@@ -64,14 +64,14 @@ pub struct Latencies {
 impl Default for Latencies {
     /// The lab's measurements on an emulated NVMe (BENCHMARKS.md, `## hal`,
     /// medians): opening a parked VF through VFIO 122 ms, creating 4 VFs
-    /// 131 ms, removing 2 VFs 1039 ms; and `vpm vm attach` in the lab
-    /// (`lab_connect`, TCG): about 0.6 s for `device_add`.
+    /// 131 ms, removing 2 VFs 1039 ms, attaching a VF to a running QEMU
+    /// (wake, `device_add`, holder seen) 429 ms.
     fn default() -> Self {
         Self {
             wake_s: 0.122,
             create_s: 0.131,
             remove_s: 1.039,
-            attach_s: 0.6,
+            attach_s: 0.429,
         }
     }
 }
