@@ -703,3 +703,168 @@ fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
         "{actions:?}"
     );
 }
+
+/// A QEMU process (no OS, paused) for the `vpm vm` tests, killed on drop.
+struct Qemu(std::process::Child);
+
+impl Qemu {
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-machine",
+                "q35",
+                "-m",
+                "32",
+                "-nodefaults",
+            ])
+            .args([
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "none",
+                "-S",
+            ])
+            .args(["-name", &format!("guest={name}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (apt-get install qemu-system-x86; cargo xtask setup does)");
+        Self(child)
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("a.sock");
+    // libvirt keeps its monitors under …/libvirt/qemu/.
+    let lv_dir = dir.path().join("libvirt/qemu/domain-1-host-lv");
+    std::fs::create_dir_all(&lv_dir).unwrap();
+    let lv_sock = lv_dir.join("monitor.sock");
+    let a = Qemu::start(
+        "host-a",
+        &[
+            "-device",
+            "pcie-root-port,id=rp1,chassis=1,slot=1",
+            "-device",
+            "pcie-root-port,id=rp2,chassis=2,slot=2,hotplug=off",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", sock.display()),
+        ],
+    );
+    let lv = Qemu::start(
+        "host-lv",
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=mon0,path={},server=on,wait=off",
+                lv_sock.display()
+            ),
+            "-mon",
+            "chardev=mon0,mode=control",
+        ],
+    );
+    let none = Qemu::start("host-nomon", &["-monitor", "none"]);
+    assert!(wait_until(Duration::from_secs(20), || sock.exists()
+        && lv_sock.exists()));
+
+    let out = vpm().args(["vm", "list", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |pid: u32| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} not listed: {list:#}"))
+            .clone()
+    };
+    let ra = row(a.0.id());
+    assert_eq!(ra["vm"], "host-a");
+    assert_eq!(ra["monitor"]["path"], sock.display().to_string());
+    assert_eq!(ra["monitor"]["from"], "-qmp");
+    assert_eq!(ra["ports"]["free"], serde_json::json!(["rp1"]));
+    assert_eq!(ra["ports"]["no_hotplug"], serde_json::json!(["rp2"]));
+    assert_eq!(ra["attached"], serde_json::json!([]));
+    let rl = row(lv.0.id());
+    assert_eq!(rl["libvirt"], true);
+    assert_eq!(rl["monitor"]["from"], "-chardev");
+    assert!(rl["error"].as_str().unwrap().contains("libvirt"), "{rl}");
+    let rn = row(none.0.id());
+    assert_eq!(rn["monitor"]["kind"], "none");
+    assert!(
+        rn["error"].as_str().unwrap().contains("no QMP monitor"),
+        "{rn}"
+    );
+
+    // Refusals name the reason: libvirt's monitor, no monitor, an unknown VM.
+    let bdf = std::fs::read_dir("/sys/bus/pci/devices")
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[devices]\nallow = [\"{bdf}\"]\n[classes.x]\nhotplug = true\n[vms]\ndefault = \"x\"\n"
+        ),
+    )
+    .unwrap();
+    let err = |args: &[&str]| {
+        let out = vpm()
+            .args(args)
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "vpm {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(&["vm", "attach", "host-lv", &bdf]);
+    assert!(
+        e.contains("managed by libvirt") && e.contains("virsh"),
+        "{e}"
+    );
+    let e = err(&["vm", "attach", "host-nomon", &bdf]);
+    assert!(
+        e.contains("no QMP monitor vpm can use") && e.contains("-qmp unix:"),
+        "{e}"
+    );
+    let e = err(&["vm", "detach", &a.0.id().to_string(), &bdf]);
+    assert!(e.contains("is not hot-plugged into VM host-a"), "{e}");
+    let e = err(&["vm", "attach", "no-such-vm", &bdf]);
+    assert!(
+        e.contains("no VM named \"no-such-vm\"") && e.contains("host-a"),
+        "{e}"
+    );
+
+    // Acting needs root.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_nobody()
+        .args(["vm", "attach", "host-a", &bdf, "--apply", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("needs root"), "{e}");
+}

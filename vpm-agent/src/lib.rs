@@ -9,7 +9,9 @@
 //! a path; [`policy`] is the policy file; [`scheduler`] plans device actions
 //! (pure); [`executor`] carries them out under the safety rules, journaled;
 //! [`control`] runs the loop (observe, plan, act) each tick; [`demo`] is the
-//! built-in demo; [`replay`] replays demand traces through the loop.
+//! built-in demo; [`replay`] replays demand traces through the loop; [`qmp`]
+//! is the QEMU Machine Protocol client and [`connect`] hot-plugs VFs into
+//! running VMs through it.
 pub mod api;
 pub mod connect;
 pub mod control;
