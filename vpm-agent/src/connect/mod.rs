@@ -22,7 +22,7 @@ use crate::policy::HotplugSettings;
 use crate::qmp::{Qmp, QmpError};
 pub use monitor::Monitor;
 
-/// The device types vpm plugs into.
+/// The device types vpm plugs into (QEMU's PCIe hot-plug ports).
 pub const PORT_TYPES: &[&str] = &["pcie-root-port", "ioh3420", "xio3130-downstream"];
 
 /// The qdev id vpm gives the VF `vf` in a VM: `vpm-0000-01-00-1`.
@@ -76,10 +76,26 @@ impl QmpHotplug {
         let args = cmdline::split_cmdline(&raw);
         let libvirt = identity::identify(&self.proc_root, pid).is_ok_and(|id| id.libvirt);
         let found = monitor::qmp_monitors(&args);
-        (
-            monitor::choose(found, self.settings.monitor_for(name)),
-            libvirt,
-        )
+        let mon = match monitor::choose(found, self.settings.monitor_for(name)) {
+            // A relative path is relative to QEMU's working directory.
+            Monitor::Unix { path, from } if path.is_relative() => {
+                match std::fs::read_link(self.proc_root.join(pid.to_string()).join("cwd")) {
+                    Ok(cwd) => Monitor::Unix {
+                        path: cwd.join(path),
+                        from,
+                    },
+                    Err(e) => Monitor::Unusable {
+                        what: format!(
+                            "{} is relative to QEMU's working directory, which cannot be read \
+                             ({e})",
+                            path.display()
+                        ),
+                    },
+                }
+            }
+            m => m,
+        };
+        (mon, libvirt)
     }
 
     fn socket(&self, vm: &VmRef) -> Result<PathBuf, HotplugError> {
@@ -104,7 +120,18 @@ impl QmpHotplug {
     }
 }
 
+/// An error before the request itself (connecting, querying): nothing was
+/// asked of the VM, so its state is known to be unchanged.
 fn qmp_err(e: QmpError) -> HotplugError {
+    HotplugError {
+        outcome_unknown: false,
+        message: e.to_string(),
+    }
+}
+
+/// An error of the request itself (`device_add`, `device_del`): without an
+/// answer, it may have taken effect.
+fn request_err(e: QmpError) -> HotplugError {
     HotplugError {
         outcome_unknown: e.outcome_unknown(),
         message: e.to_string(),
@@ -117,7 +144,9 @@ impl Hotplug for QmpHotplug {
         let mut facts = VmFacts {
             vm: vm.clone(),
             libvirt,
-            monitor: Err("none on its command line or in the policy".into()),
+            monitor: Err("none on its command line or in the policy (start it with \
+                 `-qmp unix:PATH,server=on,wait=off`, or set [hotplug] monitor)"
+                .into()),
             attached: Vec::new(),
         };
         match mon {
@@ -158,7 +187,7 @@ impl Hotplug for QmpHotplug {
             let id = device_id(vf);
             q.device_add_vfio(&id, &vf.to_string(), &port)
                 .await
-                .map_err(qmp_err)?;
+                .map_err(request_err)?;
             Ok(Attachment {
                 id,
                 vf,
@@ -180,17 +209,31 @@ impl Hotplug for QmpHotplug {
                     outcome_unknown: false,
                 });
             };
+            if !a.by_vpm() {
+                return Err(HotplugError {
+                    message: format!(
+                        "{vf} is in {vm} as device {:?}, which vpm did not plug; vpm takes back \
+                         only the VFs it attached",
+                        a.id
+                    ),
+                    outcome_unknown: false,
+                });
+            }
             q.device_del(&a.id, wait).await.map_err(|e| match e {
+                // The answer came, the event did not: the device is still
+                // there and QEMU keeps the request pending.
                 QmpError::Timeout { .. } => HotplugError {
                     message: format!(
                         "{e}: QEMU sent no DEVICE_DELETED for {} ({vf}), so the guest has not \
-                         released it; it stays attached (a guest without a hot-plug driver, or \
-                         ACPI hot-plug waiting for the guest's OS)",
+                         released it and it stays attached (a guest without a hot-plug driver, \
+                         or ACPI hot-plug waiting for the guest's OS); QEMU keeps the unplug \
+                         request pending, and if the guest releases the VF later vpm parks it \
+                         like any free VF",
                         a.id
                     ),
-                    outcome_unknown: true,
+                    outcome_unknown: false,
                 },
-                e => qmp_err(e),
+                e => request_err(e),
             })
         })?
     }
@@ -254,9 +297,19 @@ pub struct Ports {
 pub async fn ports(q: &mut Qmp, settings: &HotplugSettings) -> Result<Ports, QmpError> {
     let mut taken = Vec::new();
     let children = q.qom_list("/machine/peripheral").await?;
-    for c in &children {
+    // Devices without an id (`peripheral-anon`) take ports too.
+    let anon = match q.qom_list("/machine/peripheral-anon").await {
+        Ok(a) => a,
+        Err(QmpError::Command { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for (parent, c) in children
+        .iter()
+        .map(|c| ("/machine/peripheral", c))
+        .chain(anon.iter().map(|c| ("/machine/peripheral-anon", c)))
+    {
         if c.child_type().is_some_and(|t| !PORT_TYPES.contains(&t))
-            && let Some(port) = port_of(q, &format!("/machine/peripheral/{}", c.name)).await?
+            && let Some(port) = port_of(q, &format!("{parent}/{}", c.name)).await?
         {
             taken.push(port);
         }
@@ -302,9 +355,18 @@ fn no_port_message(vm: &VmRef, p: &Ports) -> String {
             p.not_allowed.join(", ")
         ));
     }
+    let fix = if p.free.is_empty() && p.busy.is_empty() && p.no_hotplug.is_empty() {
+        if p.not_allowed.is_empty() {
+            "start it with a hot-plug port: `-device pcie-root-port,id=rp1,chassis=1,slot=1`"
+        } else {
+            "add one of its ports to [hotplug] ports, or start it with one more"
+        }
+    } else {
+        "start it with one more `-device pcie-root-port,id=rpN,chassis=N,slot=N` (hot-plug is \
+         on by default)"
+    };
     format!(
-        "{vm} has no free hot-plug port{}; start it with one more \
-         `-device pcie-root-port,id=rpN,chassis=N,slot=N` (hot-plug is on by default)",
+        "{vm} has no free hot-plug port{}; {fix}",
         if why.is_empty() {
             String::new()
         } else {

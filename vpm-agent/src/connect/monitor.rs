@@ -26,10 +26,26 @@ pub enum Monitor {
     None,
 }
 
-/// The QMP monitors on a QEMU command line, in order: `-qmp unix:PATH,...`
-/// (and `-qmp-pretty`), and `-chardev socket,id=X,path=PATH` used by
+/// Whether socket options make QEMU listen (`server`, `server=on`; QEMU's
+/// default is to connect out as a client).
+fn listens(opts: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    opts.iter()
+        .any(|(k, v)| k == b"server" && !matches!(v.as_slice(), b"off" | b"false" | b"no"))
+}
+
+/// Whether socket options name an abstract socket (`abstract=on`).
+fn is_abstract(opts: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    opts.iter()
+        .any(|(k, v)| k == b"abstract" && !matches!(v.as_slice(), b"off" | b"false" | b"no"))
+}
+
+/// The QMP monitors on a QEMU command line: first every `-qmp unix:PATH,...`
+/// (and `-qmp-pretty`), then every `-chardev socket,id=X,path=PATH` used by
 /// `-mon chardev=X,mode=control`. A `-mon` without `mode=control` is the
-/// human monitor (HMP) and not listed.
+/// human monitor (HMP) and not listed. A socket QEMU does not listen on
+/// (no `server=on`: QEMU is the client) or an abstract one is listed as
+/// unusable. A relative path is as written (relative to QEMU's working
+/// directory; the caller resolves it).
 pub fn qmp_monitors(args: &[&[u8]]) -> Vec<Monitor> {
     let mut out = Vec::new();
     for value in option_values(args, &[b"-qmp", b"--qmp", b"-qmp-pretty", b"--qmp-pretty"]) {
@@ -41,6 +57,19 @@ pub fn qmp_monitors(args: &[&[u8]]) -> Vec<Monitor> {
             .map(|(_, v)| v.as_slice())
             .unwrap_or_default();
         out.push(match addr.strip_prefix(b"unix:") {
+            Some(_) if is_abstract(&opts) => Monitor::Unusable {
+                what: format!(
+                    "-qmp {} is an abstract socket (vpm connects to socket files)",
+                    String::from_utf8_lossy(value)
+                ),
+            },
+            Some(path) if !path.is_empty() && !listens(&opts) => Monitor::Unusable {
+                what: format!(
+                    "-qmp {} has no server=on: QEMU connects out to that socket as a client \
+                     instead of listening on it",
+                    String::from_utf8_lossy(value)
+                ),
+            },
             Some(path) if !path.is_empty() => Monitor::Unix {
                 path: PathBuf::from(String::from_utf8_lossy(path).into_owned()),
                 from: "-qmp",
@@ -74,6 +103,18 @@ pub fn qmp_monitors(args: &[&[u8]]) -> Vec<Monitor> {
         let id = String::from_utf8_lossy(&id).into_owned();
         out.push(match chardev {
             Some(c) if get(c, b"backend").as_deref() == Some(b"socket") => match get(c, b"path") {
+                Some(_) if is_abstract(c) => Monitor::Unusable {
+                    what: format!(
+                        "chardev {id} is an abstract socket (vpm connects to socket files)"
+                    ),
+                },
+                Some(path) if !path.is_empty() && !listens(c) => Monitor::Unusable {
+                    what: format!(
+                        "chardev {id} has no server=on: QEMU connects out to {} as a client \
+                         instead of listening on it",
+                        String::from_utf8_lossy(&path)
+                    ),
+                },
                 Some(path) if !path.is_empty() => Monitor::Unix {
                     path: PathBuf::from(String::from_utf8_lossy(&path).into_owned()),
                     from: "-chardev",
@@ -148,7 +189,15 @@ mod tests {
             mons("qemu -qmp unix:/run/a,,b.sock,server,nowait"),
             [unix("/run/a,b.sock", "-qmp")]
         );
-        assert_eq!(mons("qemu --qmp=unix:/x"), [unix("/x", "-qmp")]);
+        assert_eq!(mons("qemu --qmp=unix:/x,server=on"), [unix("/x", "-qmp")]);
+        // QEMU as the client, or an abstract socket: not something to connect to.
+        for bad in [
+            "qemu -qmp unix:/x",
+            "qemu -qmp unix:/x,server=off",
+            "qemu -qmp unix:x,server=on,abstract=on",
+        ] {
+            assert!(matches!(mons(bad)[0], Monitor::Unusable { .. }), "{bad}");
+        }
         assert!(matches!(
             mons("qemu -qmp tcp:localhost:4444,server")[0],
             Monitor::Unusable { .. }
@@ -166,7 +215,10 @@ mod tests {
             [unix("/var/run/q.sock", "-chardev")]
         );
         // The human monitor is not QMP.
-        assert!(mons("qemu -chardev socket,id=h,path=/h.sock -mon chardev=h").is_empty());
+        assert!(mons("qemu -chardev socket,id=h,path=/h.sock,server=on -mon chardev=h").is_empty());
+        // A chardev QEMU does not listen on.
+        let m = mons("qemu -chardev socket,id=c,path=/c.sock -mon chardev=c,mode=control");
+        assert!(matches!(&m[0], Monitor::Unusable { what } if what.contains("server=on")));
         // libvirt passes the socket as an fd.
         let m = mons(
             "qemu -chardev socket,id=charmonitor,fd=23,server=on,wait=off -mon chardev=charmonitor,id=monitor,mode=control",
@@ -179,7 +231,7 @@ mod tests {
     #[test]
     fn choice_prefers_the_command_line_then_policy() {
         assert_eq!(
-            choose(mons("qemu -qmp unix:/a"), Some("/p".into())),
+            choose(mons("qemu -qmp unix:/a,server=on"), Some("/p".into())),
             unix("/a", "-qmp")
         );
         assert_eq!(choose(Vec::new(), Some("/p".into())), unix("/p", "policy"));

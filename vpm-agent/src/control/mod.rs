@@ -176,6 +176,14 @@ impl Controller {
                 }
                 continue;
             }
+            // Usable again: a later problem is logged again.
+            if self.warned.remove(&vm.name) {
+                log::info!(
+                    "hot-plug: VM {} (pid {}) is reachable again",
+                    vm.name,
+                    vm.pid
+                );
+            }
             let attached = facts
                 .attached
                 .iter()

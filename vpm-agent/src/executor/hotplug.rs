@@ -100,7 +100,7 @@ pub enum VmRefusal {
         /// Its class.
         class: String,
     },
-    /// The VM holds as many hot-plugged VFs as its class allows.
+    /// The VM holds as many VFs vpm plugged as its class allows.
     AtLimit {
         /// The VM.
         vm: VmRef,
@@ -108,6 +108,18 @@ pub enum VmRefusal {
         class: String,
         /// `max_attached`.
         max: u32,
+        /// VFs vpm plugged into it.
+        has: u32,
+    },
+    /// The VF was not plugged by vpm (the VM's command line, another tool):
+    /// vpm takes back only what it attached.
+    NotVpms {
+        /// The VM.
+        vm: VmRef,
+        /// The VF.
+        vf: Bdf,
+        /// Its qdev id in the VM.
+        id: String,
     },
     /// The VM's class never gives a VF back.
     NoDetach {
@@ -141,20 +153,28 @@ impl fmt::Display for VmRefusal {
                  would corrupt libvirt's view of the VM); use `virsh attach-device` / \
                  `virsh detach-device` for it"
             ),
-            VmRefusal::NoMonitor { vm, why } => write!(
-                f,
-                "{vm} has no QMP monitor vpm can use ({why}); start it with \
-                 `-qmp unix:PATH,server=on,wait=off`, or set [hotplug] monitor in the policy"
-            ),
+            VmRefusal::NoMonitor { vm, why } => {
+                write!(f, "{vm} has no QMP monitor vpm can use: {why}")
+            }
             VmRefusal::NotOptedIn { vm, class } => write!(
                 f,
                 "{vm} is in class \"{class}\", which does not take hot-plugged devices; \
                  set hotplug = true in [classes.{class}] to allow it"
             ),
-            VmRefusal::AtLimit { vm, class, max } => write!(
+            VmRefusal::AtLimit {
+                vm,
+                class,
+                max,
+                has,
+            } => write!(
                 f,
-                "{vm} already holds {max} hot-plugged VF(s), the most class \"{class}\" \
-                 allows (max_attached)"
+                "{vm} already holds {has} VF(s) vpm hot-plugged; class \"{class}\" allows \
+                 {max} (max_attached)"
+            ),
+            VmRefusal::NotVpms { vm, vf, id } => write!(
+                f,
+                "{vf} is in {vm} as device {id:?}, which vpm did not plug (its command line \
+                 or another tool did); vpm takes back only the VFs it attached"
             ),
             VmRefusal::NoDetach { vm, class } => write!(
                 f,
@@ -193,7 +213,7 @@ pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRe
     }
     let default = Policy::default();
     let class = policy.unwrap_or(&default).class_of(&vm.vm.name);
-    let has = vm.attached.iter().any(|a| a.vf == vf);
+    let found = vm.attached.iter().find(|a| a.vf == vf);
     if attach {
         if !class.class.hotplug {
             out.push(VmRefusal::NotOptedIn {
@@ -201,13 +221,16 @@ pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRe
                 class: class.name.to_owned(),
             });
         }
-        if has {
+        // `max_attached` bounds what vpm plugs, not what the VM was started with.
+        let by_vpm = vm.attached.iter().filter(|a| a.by_vpm()).count();
+        if found.is_some() {
             out.push(VmRefusal::AlreadyAttached { vm: who, vf });
-        } else if vm.attached.len() >= class.class.max_attached as usize {
+        } else if by_vpm >= class.class.max_attached as usize {
             out.push(VmRefusal::AtLimit {
                 vm: who,
                 class: class.name.to_owned(),
                 max: class.class.max_attached,
+                has: u32::try_from(by_vpm).unwrap_or(u32::MAX),
             });
         }
     } else {
@@ -217,8 +240,14 @@ pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRe
                 class: class.name.to_owned(),
             });
         }
-        if !has {
-            out.push(VmRefusal::NotAttached { vm: who, vf });
+        match found {
+            None => out.push(VmRefusal::NotAttached { vm: who, vf }),
+            Some(a) if !a.by_vpm() => out.push(VmRefusal::NotVpms {
+                vm: who,
+                vf,
+                id: a.id.clone(),
+            }),
+            Some(_) => {}
         }
     }
     out
@@ -274,14 +303,19 @@ pub fn apply(
                     // Refused outright: nothing was plugged; park the VF again.
                     // No answer: leave it awake, the journal says it is unknown.
                     if e.outcome_unknown {
-                        // A VM that died mid-command releases the VF as it
-                        // exits: give that a moment, so the journal's
-                        // read-back shows where the VF really is.
+                        // No answer: ask again on a fresh session. Plugged:
+                        // wait until the VM's process holds the VF; monitor
+                        // gone (the VM died): until its exit releases it.
+                        // Either way the journal's read-back then shows
+                        // where the VF really is.
+                        let facts = hv.vm_facts(vm);
+                        let plugged =
+                            facts.monitor.is_ok() && facts.attached.iter().any(|a| a.vf == *vf);
                         let _ = wait_holder(
                             sys,
                             *vf,
                             vm.pid,
-                            false,
+                            plugged,
                             opts.settle_timeout.min(Duration::from_secs(2)),
                         );
                     } else {

@@ -206,7 +206,7 @@ fn failure_note(action: &Action, e: &ApplyError, state: Option<&journal::DeviceS
         return format!("{e}; {vf} could not be read back");
     };
     let held = if state.holders.contains(&vm.pid) {
-        format!("{vf} is attached to {vm} (pid {} holds it)", vm.pid)
+        format!("{vf} is attached to {vm}: its process holds it")
     } else if state.holders.is_empty() {
         format!("{vf} is not attached to any VM (no VFIO holder)")
     } else {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct HotplugSettings {
     /// The qdev ids of the hot-plug ports vpm may plug into (`rp1`, ...);
-    /// empty: any `pcie-root-port` with nothing behind it. Default empty.
+    /// empty: any hot-plug port (`pcie-root-port`, `ioh3420`,
+    /// `xio3130-downstream`) with nothing on it. Default empty.
     pub ports: Vec<String>,
     /// The QMP socket of VMs whose command line names none, with `{name}`
     /// standing for the VM's name (`/run/vpm/qmp/{name}.sock`). Default none:

@@ -42,7 +42,8 @@ pub struct QosClass {
     pub max_vfs: Option<u32>,
     /// Whether VMs of this class may receive hot-plugged VFs over QMP (opt-in).
     pub hotplug: bool,
-    /// At most this many VFs hot-plugged into one VM of the class.
+    /// At most this many VFs vpm hot-plugs into one VM of the class (VFs on
+    /// the VM's command line do not count).
     pub max_attached: u32,
     /// Whether vpm may take a hot-plugged VF back from a VM of this class
     /// (hot-unplug). `false` for `guaranteed`: what it was given it keeps.

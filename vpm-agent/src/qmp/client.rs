@@ -13,14 +13,13 @@ use tokio::time::{Instant, timeout_at};
 use super::QmpError;
 use super::proto::{self, Event, GuestPciDevice, Message, QomProperty, Status};
 
-/// How long a command may take by default (QEMU answers in milliseconds; a
-/// `device_add` of a VFIO device takes about a second under TCG).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A connected QMP session, past the capabilities handshake.
 pub struct Qmp {
     path: PathBuf,
     reader: BufReader<OwnedReadHalf>,
+    /// The line being read: kept across reads, since a read cut short by a
+    /// timeout may have taken part of a line already.
+    line: Vec<u8>,
     writer: OwnedWriteHalf,
     next_id: u64,
     /// Events received while waiting for something else, oldest first.
@@ -54,6 +53,7 @@ impl Qmp {
         let mut qmp = Qmp {
             path: path.to_path_buf(),
             reader: BufReader::new(read),
+            line: Vec::new(),
             writer,
             next_id: 1,
             events: VecDeque::new(),
@@ -145,18 +145,28 @@ impl Qmp {
 
     /// Asks QEMU to unplug device `id` and waits, up to `wait`, for its
     /// `DEVICE_DELETED` event: the `{}` answer to `device_del` only means the
-    /// request was sent to the guest, not that the device is gone.
+    /// request was sent to the guest, not that the device is gone. A guest
+    /// that refuses (`DEVICE_UNPLUG_GUEST_ERROR`) ends the wait with
+    /// [`QmpError::UnplugRefused`].
     pub async fn device_del(&mut self, id: &str, wait: Duration) -> Result<(), QmpError> {
-        self.events.retain(|e| !e.is_device_deleted(id));
+        self.events
+            .retain(|e| !e.is_device_deleted(id) && !e.is_unplug_error(id));
         self.execute("device_del", Some(json!({ "id": id })))
             .await?;
-        self.wait_event(
-            |e| e.is_device_deleted(id),
-            wait,
-            &format!("waiting for DEVICE_DELETED of {id}"),
-        )
-        .await
-        .map(drop)
+        let e = self
+            .wait_event(
+                |e| e.is_device_deleted(id) || e.is_unplug_error(id),
+                wait,
+                &format!("waiting for DEVICE_DELETED of {id}"),
+            )
+            .await?;
+        if e.is_unplug_error(id) {
+            return Err(QmpError::UnplugRefused {
+                path: self.path.clone(),
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Waits up to `wait` for an event `matches` accepts (kept ones first).
@@ -224,16 +234,25 @@ impl Qmp {
     }
 
     async fn read_message(&mut self, deadline: Instant, during: &str) -> Result<Message, QmpError> {
-        let mut line = String::new();
         loop {
-            line.clear();
-            match timeout_at(deadline, self.reader.read_line(&mut line)).await {
+            // `read_until` appends to `self.line`, so what a read cut short by
+            // the timeout took stays for the next one.
+            match timeout_at(deadline, self.reader.read_until(b'\n', &mut self.line)).await {
                 Err(_) => return Err(self.timed_out(during)),
                 Ok(Err(e)) => return Err(self.gone(during, Some(e))),
                 Ok(Ok(0)) => return Err(self.gone(during, None)),
-                Ok(Ok(_)) if line.trim().is_empty() => continue,
-                Ok(Ok(_)) => return proto::parse_message(&line).map_err(|m| self.protocol(m)),
+                // End of stream in the middle of a line.
+                Ok(Ok(_)) if !self.line.ends_with(b"\n") => return Err(self.gone(during, None)),
+                Ok(Ok(_)) => {}
             }
+            let raw = std::mem::take(&mut self.line);
+            let Ok(line) = String::from_utf8(raw) else {
+                return Err(self.protocol("a message that is not UTF-8".into()));
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            return proto::parse_message(&line).map_err(|m| self.protocol(m));
         }
     }
 

@@ -12,7 +12,7 @@ pub mod proto;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{DEFAULT_TIMEOUT, Qmp};
+pub use client::Qmp;
 pub use proto::{Event, GuestPciDevice, QomProperty, Status};
 
 /// QMP errors. Each names the monitor socket.
@@ -57,6 +57,17 @@ pub enum QmpError {
         path: PathBuf,
         /// What was wrong.
         message: String,
+    },
+    /// The guest refused to release a device (`DEVICE_UNPLUG_GUEST_ERROR`).
+    #[error(
+        "QMP monitor {path}: the guest refused to release device {id} \
+         (DEVICE_UNPLUG_GUEST_ERROR); it stays attached"
+    )]
+    UnplugRefused {
+        /// The socket.
+        path: PathBuf,
+        /// The device's qdev id.
+        id: String,
     },
     /// QEMU refused a command.
     #[error("QMP monitor {path}: {command} failed: {desc} ({class})")]

@@ -48,6 +48,13 @@ pub struct Event {
 }
 
 impl Event {
+    /// Whether this is a `DEVICE_UNPLUG_GUEST_ERROR` event for the device
+    /// with qdev id `id` (the guest refused to release it).
+    pub fn is_unplug_error(&self, id: &str) -> bool {
+        self.name == "DEVICE_UNPLUG_GUEST_ERROR"
+            && self.data.get("device").and_then(Value::as_str) == Some(id)
+    }
+
     /// Whether this is the `DEVICE_DELETED` event of the device with qdev id `id`.
     pub fn is_device_deleted(&self, id: &str) -> bool {
         self.name == "DEVICE_DELETED" && self.data.get("device").and_then(Value::as_str) == Some(id)

@@ -156,6 +156,14 @@ fn device_del_waits_for_its_event_before_or_after_the_answer() {
             ),
             // The answer and never the event.
             ("device_del", ok()),
+            // The guest refuses.
+            (
+                "device_del",
+                Reply::Lines(vec![
+                    r#"{"return": {}, "id": {id}}"#.into(),
+                    r#"{"event": "DEVICE_UNPLUG_GUEST_ERROR", "data": {"device": "d", "path": "/machine/peripheral/d"}, "timestamp": {"seconds": 3, "microseconds": 0}}"#.into(),
+                ]),
+            ),
         ])
         .await;
         let mut q = Qmp::connect(&path, SHORT).await.unwrap();
@@ -167,6 +175,9 @@ fn device_del_waits_for_its_event_before_or_after_the_answer() {
             "{err}"
         );
         assert!(err.outcome_unknown());
+        let err = q.device_del("d", SHORT).await.unwrap_err();
+        assert!(matches!(&err, QmpError::UnplugRefused { id, .. } if id == "d"), "{err}");
+        assert!(!err.outcome_unknown());
         // The unrelated event was kept.
         assert!(q.take_events().iter().any(|e| e.is_device_deleted("other")));
     });
@@ -255,5 +266,54 @@ fn query_pci_and_qom() {
         assert_eq!(children[1].child_type(), Some("vfio-pci"));
         let host = q.qom_get("/machine/peripheral/vf0", "host").await.unwrap();
         assert_eq!(host, json!("0000:01:00.1"));
+    });
+}
+
+#[test]
+fn a_line_cut_by_a_timeout_is_finished_by_the_next_read() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write
+                .write_all(format!("{GREETING}\r\n").as_bytes())
+                .await
+                .unwrap();
+            let _ = lines.next_line().await; // qmp_capabilities
+            write
+                .write_all(b"{\"return\": {}, \"id\": 1}\r\n")
+                .await
+                .unwrap();
+            let _ = lines.next_line().await; // query-status
+            // Half the answer, a pause longer than the client's timeout, the rest.
+            write
+                .write_all(b"{\"return\": {\"status\": \"running\", ")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            write
+                .write_all(b"\"singlestep\": false, \"running\": true}, \"id\": 2}\r\n")
+                .await
+                .unwrap();
+            let _ = lines.next_line().await; // query-status again
+            write
+                .write_all(
+                    b"{\"return\": {\"status\": \"paused\", \"running\": false}, \"id\": 3}\r\n",
+                )
+                .await
+                .unwrap();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let err = q.query_status().await.unwrap_err();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The stale answer (id 2) is skipped whole, not read from its middle.
+        let s = q.query_status().await.unwrap();
+        assert_eq!(s.status, "paused");
     });
 }

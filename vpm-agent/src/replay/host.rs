@@ -541,7 +541,7 @@ impl SimHost {
             .and_then(|f| f.sriov)
             .map(|s| s.num_vfs);
         let was_awake = match action {
-            Action::Wake { bdf } | Action::Attach { vf: bdf, .. } => self
+            Action::Wake { bdf } => self
                 .vfs
                 .get(&bdf)
                 .is_some_and(|t| t.power == Some(PowerState::D0)),
@@ -606,9 +606,9 @@ impl SimHost {
                 {
                     s.attached.push((vf, now));
                 }
+                // `attach_s` was measured from a parked VF: wake included.
                 if let Some(t) = self.vfs.get_mut(&vf) {
-                    let wake = if was_awake { 0.0 } else { lat.wake_s };
-                    t.ready_at = t.ready_at.max(now + lat.attach_s + wake);
+                    t.ready_at = t.ready_at.max(now + lat.attach_s);
                 }
             }
             Action::Detach { vm, vf } => {

@@ -101,7 +101,9 @@ pub struct AttachedVf {
     /// Whether vpm plugged it (its qdev id is vpm's); vpm never takes back
     /// a device it did not plug.
     pub by_vpm: bool,
-    /// Since when it is attached, unix seconds, if known.
+    /// Since when vpm knows it attached, unix seconds: when the agent attached
+    /// it, else when the agent first saw it (after a restart, the restart),
+    /// which delays a give-back rather than hastens it.
     pub since: Option<f64>,
 }
 
