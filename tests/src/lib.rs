@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod qemu;
 pub mod vfio;
 
 /// Path of a workspace binary (`vpm`, `vpm-testvm`) next to the test executable.

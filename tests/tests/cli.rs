@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use assert_cmd::prelude::*;
+use vpm_tests::qemu::Qemu;
 use vpm_tests::{HeldVm, bin, wait_until};
 
 /// `vpm` run as the unprivileged user `nobody`, without capabilities.
@@ -704,46 +705,6 @@ fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
     );
 }
 
-/// A QEMU process (no OS, paused) for the `vpm vm` tests, killed on drop.
-struct Qemu(std::process::Child);
-
-impl Qemu {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-machine",
-                "q35",
-                "-m",
-                "32",
-                "-nodefaults",
-            ])
-            .args([
-                "-no-user-config",
-                "-display",
-                "none",
-                "-serial",
-                "none",
-                "-S",
-            ])
-            .args(["-name", &format!("guest={name}")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 (apt-get install qemu-system-x86; cargo xtask setup does)");
-        Self(child)
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
     let dir = tempfile::tempdir().unwrap();
@@ -752,30 +713,33 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
     let lv_dir = dir.path().join("libvirt/qemu/domain-1-host-lv");
     std::fs::create_dir_all(&lv_dir).unwrap();
     let lv_sock = lv_dir.join("monitor.sock");
-    let a = Qemu::start(
-        "host-a",
-        &[
-            "-device",
-            "pcie-root-port,id=rp1,chassis=1,slot=1",
+    // Paused (`-S`): no firmware runs; QOM and QMP answer all the same.
+    let a = Qemu::builder("host-a")
+        .args(["-S", "-device", "pcie-root-port,id=rp1,chassis=1,slot=1"])
+        .args([
             "-device",
             "pcie-root-port,id=rp2,chassis=2,slot=2,hotplug=off",
-            "-qmp",
-            &format!("unix:{},server=on,wait=off", sock.display()),
-        ],
-    );
-    let lv = Qemu::start(
-        "host-lv",
-        &[
-            "-chardev",
-            &format!(
+        ])
+        .qmp(&sock)
+        .start()
+        .unwrap();
+    let lv = Qemu::builder("host-lv")
+        .args([
+            "-S".to_owned(),
+            "-chardev".to_owned(),
+            format!(
                 "socket,id=mon0,path={},server=on,wait=off",
                 lv_sock.display()
             ),
-            "-mon",
-            "chardev=mon0,mode=control",
-        ],
-    );
-    let none = Qemu::start("host-nomon", &["-monitor", "none"]);
+            "-mon".to_owned(),
+            "chardev=mon0,mode=control".to_owned(),
+        ])
+        .start()
+        .unwrap();
+    let none = Qemu::builder("host-nomon")
+        .args(["-S", "-monitor", "none"])
+        .start()
+        .unwrap();
     assert!(wait_until(Duration::from_secs(20), || sock.exists()
         && lv_sock.exists()));
 
@@ -794,18 +758,18 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
             .unwrap_or_else(|| panic!("pid {pid} not listed: {list:#}"))
             .clone()
     };
-    let ra = row(a.0.id());
+    let ra = row(a.pid());
     assert_eq!(ra["vm"], "host-a");
     assert_eq!(ra["monitor"]["path"], sock.display().to_string());
     assert_eq!(ra["monitor"]["from"], "-qmp");
     assert_eq!(ra["ports"]["free"], serde_json::json!(["rp1"]));
     assert_eq!(ra["ports"]["no_hotplug"], serde_json::json!(["rp2"]));
     assert_eq!(ra["attached"], serde_json::json!([]));
-    let rl = row(lv.0.id());
+    let rl = row(lv.pid());
     assert_eq!(rl["libvirt"], true);
     assert_eq!(rl["monitor"]["from"], "-chardev");
     assert!(rl["error"].as_str().unwrap().contains("libvirt"), "{rl}");
-    let rn = row(none.0.id());
+    let rn = row(none.pid());
     assert_eq!(rn["monitor"]["kind"], "none");
     assert!(
         rn["error"].as_str().unwrap().contains("no QMP monitor"),
@@ -849,7 +813,7 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
         e.contains("no QMP monitor vpm can use") && e.contains("-qmp unix:"),
         "{e}"
     );
-    let e = err(&["vm", "detach", &a.0.id().to_string(), &bdf]);
+    let e = err(&["vm", "detach", &a.pid().to_string(), &bdf]);
     assert!(e.contains("is not hot-plugged into VM host-a"), "{e}");
     let e = err(&["vm", "attach", "no-such-vm", &bdf]);
     assert!(

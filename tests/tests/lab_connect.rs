@@ -8,7 +8,6 @@
 // Test helpers: a failed step is the test's failure, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,12 +16,10 @@ use serde_json::Value;
 use vpm::executor::Roots;
 use vpm::hal::{Bdf, PciBackend as _, PowerState, Sysfs};
 use vpm::qmp::{GuestPciDevice, Qmp};
+use vpm_tests::qemu::{LAB_FIRMWARE, LAB_FIRMWARE_BUSY, Qemu};
 use vpm_tests::{bin, wait_until};
 
 const PF: &str = "0000:01:00.0";
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
-const FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
-const FIRMWARE_BUSY: &str = "/usr/share/vpm-lab/firmware-busy.bin";
 const WRITE: Duration = Duration::from_secs(60);
 
 const POLICY: &str = r#"
@@ -118,7 +115,7 @@ impl Env {
 
 /// A QEMU inside the lab guest with one hot-plug port `rp1` and a QMP socket.
 struct InnerVm {
-    child: Child,
+    qemu: Qemu,
     qmp: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -144,58 +141,38 @@ impl InnerVm {
     fn start(name: &str, o: VmOpts) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let qmp = dir.path().join("qmp.sock");
-        let mut cmd = Command::new(QEMU);
-        cmd.args(["-accel", "tcg", "-machine", "q35", "-m", "64"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", "none", "-monitor", "none"])
-            .args(["-bios", if o.busy { FIRMWARE_BUSY } else { FIRMWARE }])
-            .args(["-name", &format!("guest={name}")])
+        let mut b = Qemu::builder(name)
+            .args(["-monitor", "none"])
+            .bios(if o.busy {
+                LAB_FIRMWARE_BUSY
+            } else {
+                LAB_FIRMWARE
+            })
             .args([
-                "-device",
-                &format!(
+                "-device".to_owned(),
+                format!(
                     "pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x2{}",
                     if o.port_hotplug { "" } else { ",hotplug=off" }
                 ),
             ])
-            .args([
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", qmp.display()),
-            ]);
+            .qmp(&qmp);
         if o.native_hotplug {
-            cmd.args([
-                "-global",
-                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-            ]);
+            b = b.native_hotplug();
         }
-        // SAFETY: only async-signal-safe libc calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The VM dies with the test process.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
         let vm = Self {
-            child,
+            qemu: b.start().unwrap(),
             qmp,
             _dir: dir,
         };
         assert!(
-            wait_until(Duration::from_secs(30), || vm.qmp.exists()
-                && vm.try_query_pci().is_some()),
-            "inner VM {name} did not come up"
+            wait_until(Duration::from_secs(30), || vm.try_query_pci().is_some()),
+            "inner VM {name} did not answer query-pci"
         );
         vm
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.qemu.pid()
     }
 
     /// `query-pci` on a fresh QMP session (`None`: the monitor does not answer).
@@ -226,18 +203,6 @@ impl InnerVm {
     fn query_pci(&self) -> Vec<GuestPciDevice> {
         self.try_query_pci()
             .expect("the inner VM's monitor answers")
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
-    }
-}
-
-impl Drop for InnerVm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -507,7 +472,7 @@ fn refusals_and_failures_say_where_the_vf_is() {
         .spawn()
         .unwrap();
     let caught = wait_until(Duration::from_secs(20), || holders(vf).contains(&c.pid()));
-    c.signal(libc::SIGKILL);
+    c.qemu.signal(libc::SIGKILL).unwrap();
     let out = wait_output(&mut attach);
     assert!(caught, "QEMU never opened the VF");
     let err = String::from_utf8_lossy(&out.stderr);

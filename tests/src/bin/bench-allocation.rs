@@ -297,29 +297,22 @@ fn run_one(sc: &Scenario, kind: Kind, policy: &Policy, pf: Bdf) -> anyhow::Resul
         warmup_s: sc.warmup_s,
     };
     let agent = PipelineConfig::agent_default();
-    let mut controller: Box<dyn Controller> = match kind {
-        Kind::Vpm => Box::new(Vpm::new(
+    let vpm = || {
+        Vpm::new(
             pf,
             policy.clone(),
             sc.trace.step_s,
             agent.horizons_s.clone(),
             agent.forecaster.clone(),
             agent.selections_per_export,
-        )),
+        )
+    };
+    let mut controller: Box<dyn Controller> = match kind {
+        Kind::Vpm => Box::new(vpm()),
         Kind::Reactive => Box::new(Reactive::new(pf)),
         Kind::Static => Box::new(Static::new(pf)),
         Kind::Spare(n) => Box::new(Spare::new(pf, n, policy.dwell.clone())),
-        Kind::HotVpm => Box::new(
-            Vpm::new(
-                pf,
-                policy.clone(),
-                sc.trace.step_s,
-                agent.horizons_s.clone(),
-                agent.forecaster.clone(),
-                agent.selections_per_export,
-            )
-            .hotplug(),
-        ),
+        Kind::HotVpm => Box::new(vpm().hotplug()),
         Kind::HotReactive => Box::new(ReactiveAttach::new(pf, policy.clone())),
         Kind::HotStatic => Box::new(StaticAttach::new(pf, policy.clone())),
     };

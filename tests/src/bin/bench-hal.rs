@@ -6,7 +6,7 @@
 //! `## hal` section of BENCHMARKS.md.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -14,6 +14,7 @@ use clap::Parser;
 use vpm::executor::{self, Action, ApplyOptions, Roots};
 use vpm::hal::{Bdf, PowerControl, PowerState, Sysfs};
 use vpm::policy::Policy;
+use vpm_tests::qemu::{LAB_FIRMWARE, Qemu};
 
 /// Measures the latency of vpm's device actions in the lab guest.
 #[derive(Parser)]
@@ -41,63 +42,8 @@ struct Args {
 
 const PF: &str = "0000:01:00.0";
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// The inner QEMU of the lab guest and its firmware (see xtask/src/lab).
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
-const FIRMWARE: &str = "/usr/share/vpm-lab/firmware.bin";
+/// The inner VM's QMP socket.
 const QMP: &str = "/run/vpm-bench-qmp.sock";
-
-/// A QEMU VM with one hot-plug port, killed on drop.
-struct InnerVm(std::process::Child);
-
-impl InnerVm {
-    fn start() -> anyhow::Result<Self> {
-        let _ = std::fs::remove_file(QMP);
-        let child = std::process::Command::new(QEMU)
-            .args([
-                "-accel",
-                "tcg",
-                "-machine",
-                "q35",
-                "-m",
-                "64",
-                "-nodefaults",
-            ])
-            .args(["-no-user-config", "-display", "none", "-serial", "none"])
-            .args([
-                "-monitor",
-                "none",
-                "-bios",
-                FIRMWARE,
-                "-name",
-                "guest=bench-vm",
-            ])
-            .args([
-                "-global",
-                "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-            ])
-            .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x2"])
-            .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {QEMU}"))?;
-        let vm = Self(child);
-        let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(QMP).is_err() {
-            if started.elapsed() > TIMEOUT {
-                bail!("the inner VM's monitor {QMP} did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(vm)
-    }
-}
-
-impl Drop for InnerVm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Timings of one transition, in milliseconds.
 #[derive(Default)]
@@ -141,14 +87,21 @@ fn main() -> anyhow::Result<()> {
         "bench".as_ref(),
     )?;
     let opts = ApplyOptions::default();
-    let vm = InnerVm::start()?;
+    let _ = std::fs::remove_file(QMP);
+    let vm = Qemu::builder("bench-vm")
+        .args(["-monitor", "none"])
+        .bios(LAB_FIRMWARE)
+        .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x2"])
+        .native_hotplug()
+        .qmp(Path::new(QMP))
+        .start()?;
     let hv = vpm::connect::QmpHotplug::new("/proc", policy.hotplug.clone());
     let act = |action| {
         executor::execute_with(&roots, Some(&hv), Some(&policy), action, true, &opts, None)
     };
     let bench_vm = vpm::executor::VmRef {
         name: "bench-vm".into(),
-        pid: vm.0.id(),
+        pid: vm.pid(),
     };
 
     let names = [

@@ -98,6 +98,30 @@ pub struct RootArgs {
     pub dev_root: PathBuf,
 }
 
+/// The options of the commands that act on devices (`vpm pci`, `vpm vm`).
+#[derive(Args)]
+pub struct ActArgs {
+    /// Carry the action out (without it vpm only says what it would do).
+    #[arg(long, global = true)]
+    pub apply: bool,
+    /// The policy file: its [devices] allow list says what vpm may touch
+    /// (and, for `vpm vm`, [hotplug] and the classes that take hot-plugged VFs).
+    #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// vpm's state directory: the journal of applied actions lives there.
+    #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Longest to wait for the power state (and, for `vpm vm`, for the VM's
+    /// process to open or close the VF).
+    #[arg(long, global = true, default_value = "10s", value_parser = duration)]
+    pub settle_timeout: Duration,
+    #[command(flatten)]
+    pub roots: RootArgs,
+}
+
 impl RootArgs {
     fn roots(&self) -> vpm::executor::Roots {
         vpm::executor::Roots {

@@ -1,7 +1,6 @@
 //! `vpm pci`: the operator's device actions, with vpm's safety checks; dry run
 //! unless `--apply`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -9,33 +8,18 @@ use vpm::executor::{Action, ApplyOptions, Report};
 use vpm::hal::Bdf;
 use vpm::policy::Policy;
 
-use super::RootArgs;
+use super::ActArgs;
 
 /// Arguments of `vpm pci`.
 #[derive(Args)]
 pub struct PciArgs {
     #[command(subcommand)]
     command: PciCommand,
-    /// Carry the action out (without it vpm only says what it would do).
-    #[arg(long, global = true)]
-    apply: bool,
-    /// The policy file whose [devices] allow list says what vpm may touch.
-    #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
-    policy: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long, global = true)]
-    json: bool,
     /// Longest a sysfs write may block (VF creation can take minutes on some drivers).
     #[arg(long, global = true, default_value = "120s", value_parser = super::duration)]
     write_timeout: Duration,
-    /// vpm's state directory: the journal of applied actions lives there.
-    #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
-    state_dir: PathBuf,
-    /// Longest to wait for the power state after park or wake.
-    #[arg(long, global = true, default_value = "10s", value_parser = super::duration)]
-    settle_timeout: Duration,
     #[command(flatten)]
-    roots: RootArgs,
+    act: ActArgs,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +46,7 @@ enum PciCommand {
 }
 
 pub fn run(args: &PciArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.policy)?;
+    let policy = Policy::load(&args.act.policy)?;
     // Without a policy file the guard refuses every action and says why.
     let action = match args.command {
         PciCommand::SetVfs { bdf, count } => Action::SetVfs { pf: bdf, count },
@@ -71,13 +55,13 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
     };
     let opts = ApplyOptions {
         write_timeout: args.write_timeout,
-        settle_timeout: args.settle_timeout,
+        settle_timeout: args.act.settle_timeout,
     };
-    let roots = args.roots.roots();
+    let roots = args.act.roots.roots();
     // Acting is journaled; an action a crash interrupted is resolved first.
-    vpm::executor::check_privileges(&action, args.apply)?;
-    let mut journal = if args.apply {
-        Some(open_journal(&args.state_dir, &roots)?)
+    vpm::executor::check_privileges(&action, args.act.apply)?;
+    let mut journal = if args.act.apply {
+        Some(open_journal(&args.act.state_dir, &roots)?)
     } else {
         None
     };
@@ -85,11 +69,11 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
         &roots,
         policy.as_ref(),
         action,
-        args.apply,
+        args.act.apply,
         &opts,
         journal.as_mut(),
     )?;
-    print(&report, args.json)
+    print(&report, args.act.json)
 }
 
 /// Opens the journal in `state_dir` and resolves actions a crash interrupted

@@ -1,7 +1,6 @@
 //! `vpm vm`: the VMs, their QMP monitors and hot-plugged VFs; attach a VF to a
 //! running VM or take it back, through the hypervisor (dry run unless `--apply`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -13,32 +12,15 @@ use vpm::hal::Bdf;
 use vpm::identity::{self, Vmm};
 use vpm::policy::Policy;
 
-use super::RootArgs;
+use super::ActArgs;
 
 /// Arguments of `vpm vm`.
 #[derive(Args)]
 pub struct VmArgs {
     #[command(subcommand)]
     command: VmCommand,
-    /// Carry the action out (without it vpm only says what it would do).
-    #[arg(long, global = true)]
-    apply: bool,
-    /// The policy: [devices] allow list, [hotplug] settings, and the classes
-    /// that opt in to hot-plug (`hotplug = true`).
-    #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
-    policy: PathBuf,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    json: bool,
-    /// vpm's state directory: the journal of applied actions lives there.
-    #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
-    state_dir: PathBuf,
-    /// Longest to wait for the VF's power state and for the VM's process to
-    /// open or close it.
-    #[arg(long, global = true, default_value = "10s", value_parser = super::duration)]
-    settle_timeout: Duration,
     #[command(flatten)]
-    roots: RootArgs,
+    act: ActArgs,
 }
 
 #[derive(Subcommand)]
@@ -66,7 +48,7 @@ enum VmCommand {
 }
 
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.policy)?;
+    let policy = Policy::load(&args.act.policy)?;
     let settings = policy
         .as_ref()
         .map(|p| p.hotplug.clone())
@@ -76,34 +58,34 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
         VmCommand::Attach { vm, vf } => (vm, *vf, true),
         VmCommand::Detach { vm, vf } => (vm, *vf, false),
     };
-    let vm = resolve(&args.roots.proc_root, vm)?;
+    let vm = resolve(&args.act.roots.proc_root, vm)?;
     let action = if attach {
         Action::Attach { vm, vf }
     } else {
         Action::Detach { vm, vf }
     };
-    let roots = args.roots.roots();
-    vpm::executor::check_privileges(&action, args.apply)?;
-    let mut journal = if args.apply {
-        Some(super::pci::open_journal(&args.state_dir, &roots)?)
+    let roots = args.act.roots.roots();
+    vpm::executor::check_privileges(&action, args.act.apply)?;
+    let mut journal = if args.act.apply {
+        Some(super::pci::open_journal(&args.act.state_dir, &roots)?)
     } else {
         None
     };
-    let hv = QmpHotplug::new(&args.roots.proc_root, settings);
+    let hv = QmpHotplug::new(&args.act.roots.proc_root, settings);
     let opts = ApplyOptions {
         write_timeout: Duration::from_secs(10),
-        settle_timeout: args.settle_timeout,
+        settle_timeout: args.act.settle_timeout,
     };
     let report = vpm::executor::execute_with(
         &roots,
         Some(&hv),
         policy.as_ref(),
         action,
-        args.apply,
+        args.act.apply,
         &opts,
         journal.as_mut(),
     )?;
-    super::pci::print(&report, args.json)
+    super::pci::print(&report, args.act.json)
 }
 
 /// The VM named `arg` (or whose VMM has pid `arg`).
@@ -151,8 +133,8 @@ fn resolve(proc_root: &std::path::Path, arg: &str) -> anyhow::Result<VmRef> {
 }
 
 fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Result<()> {
-    let vms = connect::list_vms(&args.roots.proc_root, settings).context("listing the VMs")?;
-    if args.json {
+    let vms = connect::list_vms(&args.act.roots.proc_root, settings).context("listing the VMs")?;
+    if args.act.json {
         let rows: Vec<serde_json::Value> = vms.iter().map(json_row).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -5,19 +5,12 @@
 use std::collections::BTreeSet;
 
 use super::ReplayError;
-use super::controller::{Controller, Decision};
+use super::controller::{Controller, Decision, find_pf};
 use crate::executor::guard::VFIO_DRIVER;
 use crate::executor::{Action, VmRef};
 use crate::hal::Bdf;
 use crate::policy::Policy;
 use crate::scheduler::{DeviceState, HostState, PfState, Readiness, VmState};
-
-fn pf_of(host: &HostState, pf: Bdf) -> Result<&PfState, ReplayError> {
-    host.pfs
-        .iter()
-        .find(|p| p.bdf == pf)
-        .ok_or(ReplayError::NotSriov { pf })
-}
 
 fn vm_ref(vm: &VmState) -> VmRef {
     VmRef {
@@ -105,7 +98,7 @@ impl Controller for ReactiveAttach {
         host: &HostState,
         demand: &[(String, u32)],
     ) -> Result<Vec<Decision>, ReplayError> {
-        let pf = pf_of(host, self.pf)?;
+        let pf = find_pf(host, self.pf)?;
         let mut used = BTreeSet::new();
         let mut out = ready_pool(pf, &mut used).unwrap_or_default();
         if out
@@ -176,7 +169,7 @@ impl Controller for StaticAttach {
         host: &HostState,
         _demand: &[(String, u32)],
     ) -> Result<Vec<Decision>, ReplayError> {
-        let pf = pf_of(host, self.pf)?;
+        let pf = find_pf(host, self.pf)?;
         let mut used = BTreeSet::new();
         if let Some(d) = ready_pool(pf, &mut used) {
             return Ok(d);

@@ -59,7 +59,8 @@ pub trait Controller {
     }
 }
 
-fn find_pf(host: &HostState, pf: Bdf) -> Result<&PfState, ReplayError> {
+/// The PF `pf` in `host`.
+pub(crate) fn find_pf(host: &HostState, pf: Bdf) -> Result<&PfState, ReplayError> {
     host.pfs
         .iter()
         .find(|p| p.bdf == pf)
