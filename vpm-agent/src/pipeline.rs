@@ -181,6 +181,30 @@ impl Pipeline {
         }
         out
     }
+
+    /// Moves each forecast's upper bound in `outlook` (made by
+    /// [`Pipeline::forecast`] at the forecasters' own level) to the
+    /// calibrated bound at `level_of(vm)`, the VM's class headroom, where the
+    /// forecaster has residuals for it (else it stays). Never below the
+    /// point forecast.
+    pub fn rebound(&mut self, outlook: &mut [SeriesOutlook], level_of: impl Fn(&str) -> f64) {
+        for o in outlook {
+            let Some(t) = self.tracked.get_mut(&o.key) else {
+                continue;
+            };
+            let level = level_of(&o.key.vm);
+            for f in &mut o.forecasts {
+                if let Some(u) = t
+                    .forecaster
+                    .bounds_at(f.horizon_s, &[level])
+                    .and_then(|b| b.first().copied())
+                    .filter(|u| u.is_finite())
+                {
+                    f.upper = u.max(f.predicted);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +250,36 @@ mod tests {
         }
         assert_eq!(exports, 6);
         assert_eq!(p.tracked(), p.store().keys().len());
+    }
+
+    #[test]
+    fn rebound_moves_upper_bounds_to_each_vms_level() {
+        let start = 1_700_000_000.0;
+        let spec = TraceSpec::fleet(2, 3, start, 3600.0, 1.0);
+        let rows: Vec<Row> = spec.rows().collect();
+        let mut cfg = PipelineConfig::agent_default();
+        cfg.horizons_s = vec![60.0];
+        let mut p = Pipeline::new(cfg).expect("pipeline");
+        p.ingest(&rows, start + 3600.0).expect("ingest");
+        let base = p.forecast();
+        assert!(!base.is_empty());
+        let mut lo = base.clone();
+        p.rebound(&mut lo, |_| 0.5);
+        let mut hi = base.clone();
+        p.rebound(&mut hi, |_| 0.99);
+        let mut moved = 0;
+        for ((b, l), h) in base.iter().zip(&lo).zip(&hi) {
+            for ((fb, fl), fh) in b.forecasts.iter().zip(&l.forecasts).zip(&h.forecasts) {
+                assert_eq!(fb.predicted, fl.predicted);
+                assert!(
+                    fl.upper >= fl.predicted && fl.upper <= fh.upper,
+                    "{fl:?} {fh:?}"
+                );
+                if fl.upper < fb.upper || fh.upper > fb.upper {
+                    moved += 1;
+                }
+            }
+        }
+        assert!(moved > 0, "no bound moved");
     }
 }

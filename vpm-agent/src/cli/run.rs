@@ -393,7 +393,10 @@ impl ForecastThread {
                             }
                         }
                         Msg::Plan(t) => {
-                            let outlook = pipeline.forecast();
+                            let mut outlook = pipeline.forecast();
+                            // Plans use each VM's class headroom, not the
+                            // exports' fixed level.
+                            pipeline.rebound(&mut outlook, |vm| controller.headroom_level(vm));
                             let plan = controller.step(t, &outlook);
                             let plan = serde_json::to_value(plan).unwrap_or_default();
                             let host = serde_json::to_value(controller.host()).unwrap_or_default();

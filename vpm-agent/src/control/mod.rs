@@ -203,6 +203,12 @@ impl Controller {
         self.attached_since.retain(|k, _| seen.contains(k));
     }
 
+    /// The quantile level the upper bounds of `vm`'s forecasts are taken at:
+    /// its class's headroom.
+    pub fn headroom_level(&self, vm: &str) -> f64 {
+        self.policy.class_of(vm).class.headroom.level()
+    }
+
     /// Whether a policy file says what to manage.
     pub fn managing(&self) -> bool {
         self.managing
