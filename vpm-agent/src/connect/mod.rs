@@ -68,6 +68,13 @@ impl QmpHotplug {
         Duration::from_secs_f64(self.settings.command_timeout_s)
     }
 
+    /// The timeout of the read-only queries of [`Hotplug::vm_facts`], which
+    /// the agent runs before every plan: a hung monitor must not stall the
+    /// loop for long (at most 2 s, or the command timeout if shorter).
+    fn query_timeout(&self) -> Duration {
+        self.command_timeout().min(Duration::from_secs(2))
+    }
+
     /// The monitor of the VM in process `pid` named `name`, and whether
     /// libvirt manages it.
     pub fn monitor_of(&self, pid: u32, name: &str) -> (Monitor, bool) {
@@ -151,7 +158,7 @@ impl Hotplug for QmpHotplug {
         };
         match mon {
             Monitor::Unix { path, .. } if !libvirt => {
-                let timeout = self.command_timeout();
+                let timeout = self.query_timeout();
                 match block(|| async {
                     let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
                     attachments(&mut q).await.map_err(qmp_err)

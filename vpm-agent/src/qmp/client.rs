@@ -61,7 +61,11 @@ impl Qmp {
             version: None,
         };
         match qmp
-            .read_message(deadline, "waiting for the greeting")
+            .read_message(
+                deadline,
+                "waiting for the greeting (QEMU serves one client per monitor socket: is \
+                 another tool connected to it?)",
+            )
             .await?
         {
             Message::Greeting { version } => qmp.version = version,

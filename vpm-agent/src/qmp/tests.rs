@@ -317,3 +317,21 @@ fn a_line_cut_by_a_timeout_is_finished_by_the_next_read() {
         assert_eq!(s.status, "paused");
     });
 }
+
+#[test]
+fn a_monitor_that_never_greets_is_named_with_the_likely_cause() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        // Accepts and says nothing, as QEMU does while another client holds
+        // its monitor.
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (_s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let err = Qmp::connect(&path, SHORT).await.err().unwrap();
+        assert!(matches!(err, QmpError::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("another tool connected"), "{err}");
+    });
+}
