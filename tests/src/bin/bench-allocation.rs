@@ -854,8 +854,8 @@ fn render_hotplug(
          policy above with every class taking hot-plug (`max_attached` = its `max_vfs`, else \
          2; `detach` as the class says: {}); **reactive (hot-plug)** attaches free VFs when a \
          VM uses more than it has and detaches them all when it uses none; **static \
-         (hot-plug)** attaches `max_attached` VFs to every VM (priority order) and never \
-         detaches. Scores: connected share of the servable onsets; attached-but-unused share \
+         (hot-plug)** attaches up to `max_attached` VFs to every VM, round by round (every \
+         VM's first VF, by priority, before anyone's second), and never detaches. Scores: connected share of the servable onsets; attached-but-unused share \
          of attached VF-time; attaches per hour; moves show as detaches.\n",
         lat.attach_s * 1e3,
         hp.hotplug.attached_s,

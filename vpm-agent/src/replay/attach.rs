@@ -143,8 +143,9 @@ impl Controller for ReactiveAttach {
 }
 
 /// Everything connected up front: every VM gets its class's `max_attached`
-/// VFs (higher priority first) as soon as there are free ones, and keeps
-/// them.
+/// VFs as soon as there are free ones, one per VM at a time (higher
+/// priority first in each round, so the VFs spread before any VM gets a
+/// second), and keeps them.
 #[derive(Debug, Clone)]
 pub struct StaticAttach {
     pf: Bdf,
@@ -176,12 +177,20 @@ impl Controller for StaticAttach {
         }
         let mut free = free_bound(pf).into_iter().map(|v| v.bdf);
         let mut out = Vec::new();
-        for vm in by_priority(host, &self.policy) {
-            let max = self.policy.class_of(&vm.name).class.max_attached as usize;
-            for _ in attached(vm).len()..max {
+        let vms = by_priority(host, &self.policy);
+        let max = |vm: &VmState| self.policy.class_of(&vm.name).class.max_attached as usize;
+        let mut has: Vec<usize> = vms.iter().map(|vm| attached(vm).len()).collect();
+        let most = vms.iter().map(|vm| max(vm)).max().unwrap_or(0);
+        // Round by round: every VM's first VF before anyone's second.
+        for round in 1..=most {
+            for (vm, n) in vms.iter().zip(&mut has) {
+                if *n >= round || round > max(vm) {
+                    continue;
+                }
                 let Some(vf) = free.next() else {
                     return Ok(out);
                 };
+                *n += 1;
                 out.push(Action::Attach { vm: vm_ref(vm), vf }.into());
             }
         }
