@@ -124,15 +124,20 @@ enum Kind {
     Static,
     /// What-if: the reactive pool with this many free VFs kept awake.
     Spare(usize),
-    /// Hot-plug replays: vpm, attach on demand, attach everything.
+    /// Hot-plug replays: vpm (giving VFs back when idle, or only under
+    /// contention), attach on demand, attach everything.
     HotVpm,
+    HotVpmKeep,
     HotReactive,
     HotStatic,
 }
 
 impl Kind {
     fn hotplug(self) -> bool {
-        matches!(self, Kind::HotVpm | Kind::HotReactive | Kind::HotStatic)
+        matches!(
+            self,
+            Kind::HotVpm | Kind::HotVpmKeep | Kind::HotReactive | Kind::HotStatic
+        )
     }
 }
 
@@ -144,7 +149,12 @@ const KINDS: [Kind; 5] = [
     Kind::Spare(2),
 ];
 
-const HOT_KINDS: [Kind; 3] = [Kind::HotVpm, Kind::HotReactive, Kind::HotStatic];
+const HOT_KINDS: [Kind; 4] = [
+    Kind::HotVpm,
+    Kind::HotVpmKeep,
+    Kind::HotReactive,
+    Kind::HotStatic,
+];
 
 /// The policy of the hot-plug replays: `policy` with `[hotplug] demand` set
 /// to the VF demand, one VF per unit, `attached_s` = `[dwell] awake_s`, and
@@ -206,6 +216,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let hot_policy = hotplug_policy(&policy);
+    let mut keep_policy = hot_policy.clone();
+    keep_policy.hotplug.give_back = vpm::policy::GiveBack::Contention;
     let jobs: Vec<(usize, Kind)> = (0..scenarios.len())
         .flat_map(|s| KINDS.iter().chain(&HOT_KINDS).map(move |k| (s, *k)))
         .collect();
@@ -217,7 +229,11 @@ fn main() -> anyhow::Result<()> {
             label(kind),
             sc.trace.steps()
         );
-        let policy = if kind.hotplug() { &hot_policy } else { &policy };
+        let policy = match kind {
+            Kind::HotVpmKeep => &keep_policy,
+            k if k.hotplug() => &hot_policy,
+            _ => &policy,
+        };
         run_one(sc, kind, policy, pf)
     })?;
     let mut by_scenario: Vec<BTreeMap<&'static str, Run>> =
@@ -281,6 +297,7 @@ fn label(kind: Kind) -> &'static str {
         Kind::Spare(2) => "spare-2",
         Kind::Spare(_) => "spare-n",
         Kind::HotVpm => "vpm (hot-plug)",
+        Kind::HotVpmKeep => "vpm (hot-plug, give_back contention)",
         Kind::HotReactive => "reactive (hot-plug)",
         Kind::HotStatic => "static (hot-plug)",
     }
@@ -312,7 +329,7 @@ fn run_one(sc: &Scenario, kind: Kind, policy: &Policy, pf: Bdf) -> anyhow::Resul
         Kind::Reactive => Box::new(Reactive::new(pf)),
         Kind::Static => Box::new(Static::new(pf)),
         Kind::Spare(n) => Box::new(Spare::new(pf, n, policy.dwell.clone())),
-        Kind::HotVpm => Box::new(vpm().hotplug()),
+        Kind::HotVpm | Kind::HotVpmKeep => Box::new(vpm().hotplug()),
         Kind::HotReactive => Box::new(ReactiveAttach::new(pf, policy.clone())),
         Kind::HotStatic => Box::new(StaticAttach::new(pf, policy.clone())),
     };
@@ -852,7 +869,10 @@ fn render_hotplug(
          forecasts each VM's demand as in the first replay, as `[hotplug] demand = \
          \"{HOTPLUG_DEMAND}\"` (one VF per unit, `attached_s` {} s), and plans with the \
          policy above with every class taking hot-plug (`max_attached` = its `max_vfs`, else \
-         2; `detach` as the class says: {}); **reactive (hot-plug)** attaches free VFs when a \
+         2; `detach` as the class says: {}), giving a VF back once its VM is predicted not to \
+         need it (`give_back = \"idle\"`, the default) or, in **vpm (hot-plug, give_back \
+         contention)**, only when another VM's claim needs it; **reactive (hot-plug)** \
+         attaches free VFs when a \
          VM uses more than it has and detaches them all when it uses none; **static \
          (hot-plug)** attaches up to `max_attached` VFs to every VM, round by round (every \
          VM's first VF, by priority, before anyone's second), and never detaches. Scores: connected share of the servable onsets; attached-but-unused share \

@@ -38,6 +38,24 @@ pub struct HotplugSettings {
     /// vpm takes it back (at least 0). Default 60.
     #[serde(deserialize_with = "super::settings::seconds")]
     pub attached_s: f64,
+    /// When vpm takes back a VF it attached. Default `idle`.
+    pub give_back: GiveBack,
+}
+
+/// When vpm takes back a VF it attached (`[hotplug] give_back`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GiveBack {
+    /// Once the VM is predicted not to need it (over the keep window and
+    /// `attached_s`): saves the power an attached VF draws (the guest owns
+    /// its power state) and frees it early.
+    #[default]
+    Idle,
+    /// Only when another VM's claim needs it (a move) and the VM is predicted
+    /// not to need it, or has the weaker claim: the VF stays with the VM that
+    /// used it last, connected for its next burst even when that burst is
+    /// not foreseen.
+    Contention,
 }
 
 impl Default for HotplugSettings {
@@ -50,6 +68,7 @@ impl Default for HotplugSettings {
             demand: None,
             per_vf: 1.0,
             attached_s: 60.0,
+            give_back: GiveBack::Idle,
         }
     }
 }
@@ -87,5 +106,8 @@ mod tests {
         );
         assert!(toml::from_str::<HotplugSettings>("unplug_timeout_s = 0\n").is_err());
         assert!(toml::from_str::<HotplugSettings>("port = []\n").is_err());
+        let h: HotplugSettings = toml::from_str("give_back = \"contention\"\n").unwrap();
+        assert_eq!(h.give_back, GiveBack::Contention);
+        assert!(toml::from_str::<HotplugSettings>("give_back = \"never\"\n").is_err());
     }
 }

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use devices::{Candidate, DeviceMatch, Devices};
-pub use hotplug::HotplugSettings;
+pub use hotplug::{GiveBack, HotplugSettings};
 pub use qos::{ClassRef, Headroom, QosClass, builtin_classes};
 pub use settings::{Dwell, MAX_HORIZON_S, PlanSettings, Preference};
 pub use vms::{DEFAULT_CLASS, Glob, VmClasses, VmRule};
@@ -208,6 +208,7 @@ mod tests {
             "demand",
             "per_vf",
             "attached_s",
+            "give_back",
             "preempt_dwell",
             "[vms]",
             "rules",

@@ -14,12 +14,14 @@
 //! - **detach** a VF vpm plugged when the want within the keep window
 //!   (and at least `[hotplug] attached_s`) is below what it has, once the VF
 //!   has been attached `attached_s`, and never from a class with
-//!   `detach = false`;
+//!   `detach = false` (with `[hotplug] give_back = "contention"` a VF is not
+//!   given back that way: it stays with the VM until a move takes it);
 //! - **move** under contention: with no free VF, a VF goes from the VM with
 //!   the weakest claim (lower priority, or equal priority and lower predicted
-//!   demand) to the stronger one: detached this tick, attached the next, so
-//!   it is never attached to two VMs. A move out of a VM within its
-//!   `attached_s` needs a receiving class with `preempt_dwell`.
+//!   demand), or from a VM predicted not to need it, to the stronger one:
+//!   detached this tick, attached the next, so it is never attached to two
+//!   VMs. A move out of a VM within its `attached_s` needs a receiving class
+//!   with `preempt_dwell`.
 //!
 //! PFs being resized this tick are left alone.
 
@@ -33,7 +35,7 @@ use super::state::{DeviceState, HostState, Readiness, VmState};
 use crate::executor::guard::VFIO_DRIVER;
 use crate::executor::{Action, VmRef};
 use crate::hal::Bdf;
-use crate::policy::ClassRef;
+use crate::policy::{ClassRef, GiveBack};
 
 /// One hot-plug VM's claim.
 struct Claim<'a> {
@@ -165,10 +167,12 @@ pub(crate) fn plan(
     // VFs taken by a proposal this tick (one action per VF).
     let mut used: BTreeSet<Bdf> = BTreeSet::new();
 
-    // Give back what will not be wanted.
+    // Give back what will not be wanted (`give_back = "idle"`; with
+    // "contention" only a move below takes a VF back).
+    let give_back_idle = ctx.policy.hotplug.give_back == GiveBack::Idle;
     for c in &claims {
         let Some(hp) = &c.vm.hotplug else { continue };
-        if c.keep >= c.have || c.want >= c.have || !c.class.class.detach {
+        if !give_back_idle || c.keep >= c.have || c.want >= c.have || !c.class.class.detach {
             continue;
         }
         let surplus = c.have - c.keep.max(c.want);
@@ -282,7 +286,9 @@ pub(crate) fn plan(
                 .filter(|d| {
                     let (dp, du) = d.strength();
                     let (rp, ru) = c.strength();
-                    dp < rp || (dp == rp && du < ru)
+                    // A weaker claim, or a VM predicted not to need what it
+                    // has (kept by `give_back = "contention"`).
+                    dp < rp || (dp == rp && du < ru) || (d.keep < d.have && d.want < d.have)
                 })
                 .filter_map(|d| {
                     let hp = d.vm.hotplug.as_ref()?;

@@ -254,8 +254,9 @@ fn policy() -> impl Strategy<Value = Policy> {
                 "[devices]\nallow = [{}]\n[plan]\nmax_actions_per_tick = {max}\n\
                  preference = {pref}\nhorizon_s = {horizon}\n\
                  [dwell]\nawake_s = {awake}\nparked_s = {parked}\nvf_count_s = {vf_count}\n\
-                 [hotplug]\nper_vf = {per_vf}\nattached_s = {attached}\n{}{classes}",
+                 [hotplug]\nper_vf = {per_vf}\nattached_s = {attached}\ngive_back = \"{}\"\n{}{classes}",
                 allow.join(", "),
+                if attached % 4 == 3 { "contention" } else { "idle" },
                 if hp { "demand = \"cpu\"\n" } else { "" }
             );
             Policy::parse(&text, std::path::Path::new("prop.toml")).unwrap()

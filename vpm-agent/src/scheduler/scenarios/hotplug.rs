@@ -273,3 +273,56 @@ fn the_pool_is_created_for_all_a_hot_plug_vm_may_be_given() {
         reasons(&p)
     );
 }
+
+#[test]
+fn with_give_back_contention_a_vf_stays_until_another_vm_needs_it() {
+    let vf = vf_bdf(1);
+    let mut f = Forecasts::default();
+    cpu(&mut f, "lo-1", IDLE);
+    let held = || vec![dev(vf).awake().held_by("lo-1")];
+    let keep = hp_policy("give_back = \"contention\"");
+    // Idle, nobody else wants it: it stays.
+    let p = plan(
+        NOW,
+        &hp_host(held(), vec![vm("lo-1", 7, &[(vf, true, 900.0)])]),
+        &f,
+        &keep,
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // Another VM wants one, even of the same priority and little demand:
+    // the idle VM's VF moves.
+    cpu(&mut f, "lo-2", &[(60.0, 0.5, 0.5)]);
+    let host = hp_host(
+        held(),
+        vec![vm("lo-1", 7, &[(vf, true, 900.0)]), vm("lo-2", 9, &[])],
+    );
+    let p = plan(NOW, &host, &f, &keep);
+    assert_eq!(
+        actions(&p),
+        vec![Action::Detach {
+            vm: r("lo-1", 7),
+            vf
+        }],
+        "{}",
+        reasons(&p)
+    );
+    assert_eq!(p.actions[0].vm.as_deref(), Some("lo-2"));
+    // A higher-priority VM predicted idle gives way to a lower-priority one.
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", IDLE);
+    cpu(&mut f, "lo-2", BUSY);
+    let host = hp_host(
+        vec![dev(vf).awake().held_by("web-1")],
+        vec![vm("web-1", 42, &[(vf, true, 900.0)]), vm("lo-2", 9, &[])],
+    );
+    let p = plan(NOW, &host, &f, &keep);
+    assert_eq!(
+        actions(&p),
+        vec![Action::Detach {
+            vm: r("web-1", 42),
+            vf
+        }],
+        "{}",
+        reasons(&p)
+    );
+}
