@@ -208,6 +208,34 @@ pub fn parallel_map<T: Sync, R: Send>(
     Ok(results)
 }
 
+/// The host CPU's model name (`?` when /proc/cpuinfo does not say), for
+/// the benches' reports.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Seconds as the benches' reports write them: whole days, hours or minutes
+/// when they are whole (`7 d`, `2 h`, `5 min`), else seconds (`90 s`).
+pub fn fmt_duration(s: f64) -> String {
+    const DAY: f64 = 86_400.0;
+    if s >= DAY && (s / DAY).fract() == 0.0 {
+        format!("{} d", s / DAY)
+    } else if s >= 3600.0 && (s / 3600.0).fract() == 0.0 {
+        format!("{} h", s / 3600.0)
+    } else if s >= 60.0 && (s / 60.0).fract() == 0.0 {
+        format!("{} min", s / 60.0)
+    } else {
+        format!("{s} s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -468,16 +468,21 @@ fn devices_lists_every_host_function() {
     assert!(String::from_utf8_lossy(&table.stdout).contains(&sysfs[0]));
 }
 
-#[test]
-fn pci_actions_are_refused_without_policy_and_acting_needs_root() {
-    let bdf = std::fs::read_dir("/sys/bus/pci/devices")
+/// The address of some PCI function of this host.
+fn first_pci_function() -> String {
+    std::fs::read_dir("/sys/bus/pci/devices")
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
         .file_name()
         .to_string_lossy()
-        .into_owned();
+        .into_owned()
+}
+
+#[test]
+fn pci_actions_are_refused_without_policy_and_acting_needs_root() {
+    let bdf = first_pci_function();
     let out = vpm()
         .args(["pci", "wake", &bdf, "--policy", "/nonexistent/policy.toml"])
         .output()
@@ -777,14 +782,7 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
     );
 
     // Refusals name the reason: libvirt's monitor, no monitor, an unknown VM.
-    let bdf = std::fs::read_dir("/sys/bus/pci/devices")
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .into_owned();
+    let bdf = first_pci_function();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,

@@ -269,6 +269,13 @@ fn last_outcome(env: &Env) -> Value {
         .expect("a journal outcome")
 }
 
+/// The note of the journal's last outcome, which must be a failure.
+fn failed_note(env: &Env) -> String {
+    let failed = last_outcome(env);
+    assert_eq!(failed["phase"], "failed", "{failed}");
+    failed["note"].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
     in_lab();
@@ -418,15 +425,8 @@ fn refusals_and_failures_say_where_the_vf_is() {
         err.contains("no free hot-plug port") && err.contains("hotplug=off"),
         "{err}"
     );
-    let failed = last_outcome(&env);
-    assert_eq!(failed["phase"], "failed");
-    assert!(
-        failed["note"]
-            .as_str()
-            .unwrap()
-            .contains("not attached to any VM"),
-        "{failed}"
-    );
+    let note = failed_note(&env);
+    assert!(note.contains("not attached to any VM"), "{note}");
     assert!(holders(vf).is_empty());
     assert!(wait_until(Duration::from_secs(10), || power(vf)
         == Some(PowerState::D3Hot)));
@@ -447,9 +447,7 @@ fn refusals_and_failures_say_where_the_vf_is() {
         err.contains("DEVICE_DELETED") && err.contains("stays attached"),
         "{err}"
     );
-    let failed = last_outcome(&env);
-    assert_eq!(failed["phase"], "failed");
-    let note = failed["note"].as_str().unwrap();
+    let note = failed_note(&env);
     assert!(note.contains("is attached to VM inner-acpi"), "{note}");
     assert_eq!(
         holders(vf),
@@ -479,15 +477,8 @@ fn refusals_and_failures_say_where_the_vf_is() {
     eprintln!("{err}");
     assert!(!out.status.success(), "the attach cannot have succeeded");
     assert!(err.contains("closed the connection"), "{err}");
-    let failed = last_outcome(&env);
-    assert_eq!(failed["phase"], "failed");
-    assert!(
-        failed["note"]
-            .as_str()
-            .unwrap()
-            .contains("not attached to any VM"),
-        "{failed}"
-    );
+    let note = failed_note(&env);
+    assert!(note.contains("not attached to any VM"), "{note}");
     drop(c);
     drop(a);
     assert!(holders(vf2).is_empty() && holders(vf).is_empty());

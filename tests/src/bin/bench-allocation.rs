@@ -44,7 +44,7 @@ use vpm::replay::{
     ReactiveAttach, ReplayConfig, ReplayOutcome, Spare, Static, StaticAttach, Vpm, replay,
 };
 use vpm::store::input::{self, NegativeValues, ReadOptions};
-use vpm_tests::{capture, commit, parallel_map};
+use vpm_tests::{capture, commit, cpu_model, fmt_duration, parallel_map};
 
 /// Monday 2026-11-23 00:00:00 UTC: the generated trace starts on a Monday.
 const T0: f64 = 1_795_392_000.0;
@@ -487,29 +487,6 @@ fn input_scenario(path: &Path, policy: &Policy) -> anyhow::Result<Scenario> {
 // ---------------------------------------------------------------------------
 // Markdown
 // ---------------------------------------------------------------------------
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn fmt_duration(s: f64) -> String {
-    if s >= DAY && (s / DAY).fract() == 0.0 {
-        format!("{} d", s / DAY)
-    } else if s >= 3600.0 && (s / 3600.0).fract() == 0.0 {
-        format!("{} h", s / 3600.0)
-    } else if s >= 60.0 && (s / 60.0).fract() == 0.0 {
-        format!("{} min", s / 60.0)
-    } else {
-        format!("{s} s")
-    }
-}
 
 fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "n/a".to_owned(), |x| format!("{:.1} %", x * 100.0))

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use vpm_tests::{capture, commit, parallel_map};
+use vpm_tests::{capture, commit, cpu_model, fmt_duration, parallel_map};
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
@@ -1796,29 +1796,6 @@ fn trim_heap() {
 // ---------------------------------------------------------------------------
 // Markdown
 // ---------------------------------------------------------------------------
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn fmt_duration(s: f64) -> String {
-    if s >= DAY && (s / DAY).fract() == 0.0 {
-        format!("{} d", s / DAY)
-    } else if s >= 3600.0 && (s / 3600.0).fract() == 0.0 {
-        format!("{} h", s / 3600.0)
-    } else if s >= 60.0 && (s / 60.0).fract() == 0.0 {
-        format!("{} min", s / 60.0)
-    } else {
-        format!("{s} s")
-    }
-}
 
 fn fmt_horizon(s: f64) -> String {
     fmt_duration(s)

@@ -1,7 +1,6 @@
 //! `vpm devices`: the PCI inventory, as readable as `lspci -nn`.
 
 use clap::{Args, ValueEnum};
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use vpm::inventory::DeviceRow;
 
 use super::RootArgs;
@@ -35,12 +34,9 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
 }
 
 fn table(rows: &[DeviceRow]) -> String {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header([
-            "BDF", "DEVICE", "DRIVER", "SR-IOV", "POWER", "IOMMU", "HELD BY",
-        ]);
+    let mut t = super::output::new_table([
+        "BDF", "DEVICE", "DRIVER", "SR-IOV", "POWER", "IOMMU", "HELD BY",
+    ]);
     for r in rows {
         let f = &r.function;
         let device = format!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
 use vpm::forecast::EvalOptions;
 use vpm::offline::{self, EvalReport};
 
@@ -80,18 +80,15 @@ fn table(report: &EvalReport) -> String {
                 h.origins,
                 h.best_baseline.as_deref().unwrap_or("-")
             ));
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED)
-                .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_header([
-                    "model",
-                    "WAPE",
-                    "MAE",
-                    "pinball@upper",
-                    "under-prov",
-                    "slack",
-                    "chosen",
-                ]);
+            let mut t = super::output::new_table([
+                "model",
+                "WAPE",
+                "MAE",
+                "pinball@upper",
+                "under-prov",
+                "slack",
+                "chosen",
+            ]);
             for m in &h.models {
                 let chosen = if m.model == "vpm" {
                     "(selection)".to_owned()

@@ -122,6 +122,37 @@ pub struct ActArgs {
     pub roots: RootArgs,
 }
 
+impl ActArgs {
+    /// Checks, journals (with `--apply`) and carries out or describes
+    /// `action` through `hotplug` (for VM actions), then prints the report.
+    pub fn act(
+        &self,
+        action: vpm::executor::Action,
+        policy: Option<&vpm::policy::Policy>,
+        hotplug: Option<&dyn vpm::executor::Hotplug>,
+        opts: &vpm::executor::ApplyOptions,
+    ) -> anyhow::Result<()> {
+        let roots = self.roots.roots();
+        vpm::executor::check_privileges(&action, self.apply)?;
+        // Acting is journaled; an action a crash interrupted is resolved first.
+        let mut journal = if self.apply {
+            Some(pci::open_journal(&self.state_dir, &roots)?)
+        } else {
+            None
+        };
+        let report = vpm::executor::execute_with(
+            &roots,
+            hotplug,
+            policy,
+            action,
+            self.apply,
+            opts,
+            journal.as_mut(),
+        )?;
+        pci::print(&report, self.json)
+    }
+}
+
 impl RootArgs {
     fn roots(&self) -> vpm::executor::Roots {
         vpm::executor::Roots {

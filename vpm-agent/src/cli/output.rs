@@ -80,26 +80,37 @@ fn rate(vm: &VmReport, key: &str) -> f64 {
     vm.rates.get(key).copied().unwrap_or(0.0)
 }
 
-/// The `vpm top` table.
-pub fn table(report: &WindowReport) -> Table {
+/// An empty table in vpm's style with `header`.
+pub fn new_table<S: ToString>(header: impl IntoIterator<Item = S>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header([
-            "VM",
-            "PID",
-            "CPU%",
-            "MEM",
-            "NET rx/s",
-            "NET tx/s",
-            "DISK r/s",
-            "DISK w/s",
-            "PIO/s",
-            "MMIO/s",
-            "IRQ/s",
-            "EXIT/s",
-            "TOP DEVICES (per s)",
-        ]);
+        .set_header(
+            header
+                .into_iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>(),
+        );
+    t
+}
+
+/// The `vpm top` table.
+pub fn table(report: &WindowReport) -> Table {
+    let mut t = new_table([
+        "VM",
+        "PID",
+        "CPU%",
+        "MEM",
+        "NET rx/s",
+        "NET tx/s",
+        "DISK r/s",
+        "DISK w/s",
+        "PIO/s",
+        "MMIO/s",
+        "IRQ/s",
+        "EXIT/s",
+        "TOP DEVICES (per s)",
+    ]);
     for vm in &report.vms {
         let top: Vec<String> = vm
             .devices

@@ -57,23 +57,7 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
         write_timeout: args.write_timeout,
         settle_timeout: args.act.settle_timeout,
     };
-    let roots = args.act.roots.roots();
-    // Acting is journaled; an action a crash interrupted is resolved first.
-    vpm::executor::check_privileges(&action, args.act.apply)?;
-    let mut journal = if args.act.apply {
-        Some(open_journal(&args.act.state_dir, &roots)?)
-    } else {
-        None
-    };
-    let report = vpm::executor::execute(
-        &roots,
-        policy.as_ref(),
-        action,
-        args.act.apply,
-        &opts,
-        journal.as_mut(),
-    )?;
-    print(&report, args.act.json)
+    args.act.act(action, policy.as_ref(), None, &opts)
 }
 
 /// Opens the journal in `state_dir` and resolves actions a crash interrupted

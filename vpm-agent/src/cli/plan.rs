@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::Table;
+
+use super::output::new_table;
 use vpm::api::{self, Response};
 use vpm::scheduler::Plan;
 
@@ -67,7 +69,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
 /// state), or `None` when no VM takes part in hot-plug.
 pub fn attachments(host: &serde_json::Value) -> Option<Table> {
     let vms = host.get("vms")?.as_array()?;
-    let mut t = table(&["VM", "PID", "HOT-PLUGGED VFs"]);
+    let mut t = new_table(["VM", "PID", "HOT-PLUGGED VFs"]);
     let mut any = false;
     for vm in vms {
         let Some(attached) = vm.pointer("/hotplug/attached").and_then(|a| a.as_array()) else {
@@ -111,7 +113,7 @@ pub fn actions_table(plan: &Plan, max: usize) -> Option<Table> {
     if plan.actions.is_empty() {
         return None;
     }
-    let mut t = table(&["PLANNED", "VM", "REASON"]);
+    let mut t = new_table(["PLANNED", "VM", "REASON"]);
     for a in plan.actions.iter().take(max) {
         t.add_row(vec![
             a.action.to_string(),
@@ -120,14 +122,6 @@ pub fn actions_table(plan: &Plan, max: usize) -> Option<Table> {
         ]);
     }
     Some(t)
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header.to_vec());
-    t
 }
 
 /// The plan as tables.
@@ -139,7 +133,7 @@ pub fn render(plan: &Plan) -> String {
     if plan.actions.is_empty() {
         out.push_str("no actions\n");
     } else {
-        let mut t = table(&["ACTION", "VM", "PRIORITY", "REASON"]);
+        let mut t = new_table(["ACTION", "VM", "PRIORITY", "REASON"]);
         for a in &plan.actions {
             t.add_row(vec![
                 a.action.to_string(),
@@ -151,7 +145,7 @@ pub fn render(plan: &Plan) -> String {
         out.push_str(&format!("{t}\n"));
     }
     if !plan.deferred.is_empty() {
-        let mut t = table(&["DEFERRED", "VM", "REASON"]);
+        let mut t = new_table(["DEFERRED", "VM", "REASON"]);
         for d in &plan.deferred {
             t.add_row(vec![
                 d.action
@@ -165,7 +159,7 @@ pub fn render(plan: &Plan) -> String {
         out.push_str(&format!("{t}\n"));
     }
     if !plan.recommendations.is_empty() {
-        let mut t = table(&["VM", "CLASS", "CPU REQUEST/LIMIT", "MEMORY REQUEST/LIMIT"]);
+        let mut t = new_table(["VM", "CLASS", "CPU REQUEST/LIMIT", "MEMORY REQUEST/LIMIT"]);
         for r in &plan.recommendations {
             let cpu = r
                 .cpu

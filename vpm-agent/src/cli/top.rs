@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use comfy_table::{Cell, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{Cell, Table};
+
+use super::output::new_table;
 use vpm::api;
 use vpm::monitor::Monitor;
 use vpm::report::{Window, WindowReport};
@@ -250,20 +252,17 @@ fn pci_table(report: &WindowReport) -> Option<Table> {
     if lines.is_empty() {
         return None;
     }
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header([
-            "VM",
-            "PID",
-            "VFIO/PCI DEVICE",
-            "READ/s",
-            "WRITE/s",
-            "R+W B/s",
-            "IOCTL/s",
-            "IRQ/s",
-            "POWER / SR-IOV (events in window)",
-        ]);
+    let mut t = new_table([
+        "VM",
+        "PID",
+        "VFIO/PCI DEVICE",
+        "READ/s",
+        "WRITE/s",
+        "R+W B/s",
+        "IOCTL/s",
+        "IRQ/s",
+        "POWER / SR-IOV (events in window)",
+    ]);
     for ((vm, pid, device), l) in &lines {
         let bytes_per_s = if report.window_s > 0.0 {
             l.rw_bytes as f64 / report.window_s

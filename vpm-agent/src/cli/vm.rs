@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use vpm::connect::{self, Monitor, QmpHotplug, VmEntry};
 use vpm::executor::{Action, ApplyOptions, VmRef};
 use vpm::hal::Bdf;
@@ -64,28 +63,12 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
     } else {
         Action::Detach { vm, vf }
     };
-    let roots = args.act.roots.roots();
-    vpm::executor::check_privileges(&action, args.act.apply)?;
-    let mut journal = if args.act.apply {
-        Some(super::pci::open_journal(&args.act.state_dir, &roots)?)
-    } else {
-        None
-    };
     let hv = QmpHotplug::new(&args.act.roots.proc_root, settings);
     let opts = ApplyOptions {
         write_timeout: Duration::from_secs(10),
         settle_timeout: args.act.settle_timeout,
     };
-    let report = vpm::executor::execute_with(
-        &roots,
-        Some(&hv),
-        policy.as_ref(),
-        action,
-        args.act.apply,
-        &opts,
-        journal.as_mut(),
-    )?;
-    super::pci::print(&report, args.act.json)
+    args.act.act(action, policy.as_ref(), Some(&hv), &opts)
 }
 
 /// The VM named `arg` (or whose VMM has pid `arg`).
@@ -143,10 +126,7 @@ fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Resul
         println!("no QEMU VMs running");
         return Ok(());
     }
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(["VM", "PID", "MONITOR", "HOT-PLUGGED VFs", "PORTS"]);
+    let mut t = super::output::new_table(["VM", "PID", "MONITOR", "HOT-PLUGGED VFs", "PORTS"]);
     for v in &vms {
         let monitor = match &v.monitor {
             Monitor::Unix { path, from } => format!("{} ({from})", path.display()),

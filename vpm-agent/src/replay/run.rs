@@ -190,10 +190,9 @@ mod tests {
         assert_eq!(m.absent_vf_s, 0.0);
     }
 
-    #[test]
-    fn vpm_runs_the_agents_loop_and_keeps_the_safety_rules() {
-        let (trace, cfg, policy) = setup();
-        let mut vpm = Vpm::new(
+    /// vpm with the agent's horizons and a short history, for these traces.
+    fn test_vpm(trace: &DemandTrace, cfg: &ReplayConfig, policy: &Policy) -> Vpm {
+        Vpm::new(
             cfg.host.pf,
             policy.clone(),
             trace.step_s,
@@ -204,7 +203,13 @@ mod tests {
                 ..ForecasterConfig::default()
             },
             8,
-        );
+        )
+    }
+
+    #[test]
+    fn vpm_runs_the_agents_loop_and_keeps_the_safety_rules() {
+        let (trace, cfg, policy) = setup();
+        let mut vpm = test_vpm(&trace, &cfg, &policy);
         let r = replay(&trace, &cfg, &policy, &mut vpm).unwrap();
         let m = &r.metrics;
         assert_eq!(m.onsets, 9, "{m:?}");
@@ -283,19 +288,7 @@ mod tests {
     #[test]
     fn vpm_connects_the_vf_ahead_of_each_turn() {
         let (trace, cfg, policy) = hotplug_setup();
-        let mut vpm = Vpm::new(
-            cfg.host.pf,
-            policy.clone(),
-            trace.step_s,
-            vec![60.0, 300.0],
-            ForecasterConfig {
-                history_cap: 720,
-                calibration_window: 128,
-                ..ForecasterConfig::default()
-            },
-            8,
-        )
-        .hotplug();
+        let mut vpm = test_vpm(&trace, &cfg, &policy).hotplug();
         let r = replay(&trace, &cfg, &policy, &mut vpm).unwrap();
         let m = &r.metrics;
         assert_eq!(m.onsets, 18, "{m:?}");
