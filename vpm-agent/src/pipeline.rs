@@ -6,9 +6,11 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::forecast::onset::{OnsetConfig, OnsetModel};
 use crate::forecast::{
     Forecast, ForecastError, ForecasterConfig, SelectionBudget, SeriesForecaster,
 };
+use crate::scheduler::{Resource, vf_units};
 use crate::store::long::Row;
 use crate::store::{SeriesKey, Store, StoreConfig, StoreError};
 
@@ -23,6 +25,13 @@ pub struct PipelineConfig {
     pub horizons_s: Vec<f64>,
     /// Model selections allowed per export, over all series.
     pub selections_per_export: usize,
+    /// Level series besides `vfs:<pf>` (whose unit is one VF): resource
+    /// name and how much of it one unit (VF) serves, e.g. the policy's
+    /// `[hotplug] demand` and `per_vf`. Each level series also gets an
+    /// [`OnsetModel`], whose bound [`Pipeline::rebound`] adds.
+    pub levels: Vec<(String, f64)>,
+    /// Settings of the onset models.
+    pub onsets: OnsetConfig,
 }
 
 impl PipelineConfig {
@@ -44,7 +53,20 @@ impl PipelineConfig {
             store,
             horizons_s: vec![60.0, 300.0],
             selections_per_export: 64,
+            levels: Vec::new(),
+            onsets: OnsetConfig::default(),
         }
+    }
+
+    /// How much of `resource` one unit (VF) serves, if it is a level series.
+    fn unit_of(&self, resource: &str) -> Option<f64> {
+        if let Some(Resource::Vfs(_)) = Resource::parse(resource) {
+            return Some(1.0);
+        }
+        self.levels
+            .iter()
+            .find(|(name, unit)| name == resource && unit.is_finite() && *unit > 0.0)
+            .map(|(_, unit)| *unit)
     }
 }
 
@@ -61,6 +83,8 @@ pub enum PipelineError {
 
 struct Tracked {
     forecaster: SeriesForecaster,
+    /// For level series: when they rise, and the size of their unit.
+    onsets: Option<(OnsetModel, f64)>,
     /// End (unix s) of the last point fed to the forecaster.
     fed_until: f64,
 }
@@ -143,12 +167,18 @@ impl Pipeline {
                 .get(&key)
                 .is_none_or(|t| series.start > t.fed_until + step * 0.5);
             if restart {
+                let onsets = self.cfg.unit_of(&key.resource).and_then(|unit| {
+                    OnsetModel::new(step, self.cfg.onsets.clone())
+                        .ok()
+                        .map(|m| (m, unit))
+                });
                 match SeriesForecaster::new(step, self.cfg.forecaster.clone()) {
                     Ok(f) => {
                         self.tracked.insert(
                             key.clone(),
                             Tracked {
                                 forecaster: f.with_phase(phase_of(&key)),
+                                onsets,
                                 fed_until: series.start,
                             },
                         );
@@ -164,6 +194,13 @@ impl Pipeline {
             };
             let first_new = ((t.fed_until - series.start) / step).round().max(0.0) as usize;
             if first_new < series.values.len() {
+                if let Some((m, unit)) = &mut t.onsets {
+                    for (i, v) in series.values.iter().enumerate().skip(first_new) {
+                        let at = series.start + i as f64 * step;
+                        // Bad values are refused by the forecaster just below.
+                        let _ = m.observe(at, vf_units(v / *unit));
+                    }
+                }
                 if let Err(e) = t.forecaster.observe(&series.values[first_new..]) {
                     log::warn!("{}/{}: {e}", key.vm, key.resource);
                     self.tracked.remove(&key);
@@ -186,7 +223,9 @@ impl Pipeline {
     /// [`Pipeline::forecast`] at the forecasters' own level) to the
     /// calibrated bound at `level_of(vm)`, the VM's class headroom, where the
     /// forecaster has residuals for it (else it stays). Never below the
-    /// point forecast.
+    /// point forecast. For a level series, never below its onset model's
+    /// bound at that level either ([`OnsetModel::bound`]: a rise at least
+    /// `1 − level` likely within the horizon counts).
     pub fn rebound(&mut self, outlook: &mut [SeriesOutlook], level_of: impl Fn(&str) -> f64) {
         for o in outlook {
             let Some(t) = self.tracked.get_mut(&o.key) else {
@@ -201,6 +240,16 @@ impl Pipeline {
                     .filter(|u| u.is_finite())
                 {
                     f.upper = u.max(f.predicted);
+                }
+                if let Some(units) = t
+                    .onsets
+                    .as_ref()
+                    .and_then(|(m, unit)| {
+                        m.bound(t.fed_until, f.horizon_s, level).map(|b| (b, unit))
+                    })
+                    .map(|(b, unit)| f64::from(b) * unit)
+                {
+                    f.upper = f.upper.max(units);
                 }
             }
         }
@@ -281,5 +330,76 @@ mod tests {
             }
         }
         assert!(moved > 0, "no bound moved");
+    }
+
+    #[test]
+    fn level_series_are_bounded_by_their_onsets() {
+        // One VF for 10 minutes after every 20 minutes at 0, at 10 s steps:
+        // after 17 minutes at 0 the onset model foresees the VF, and the
+        // bound counts it. The same shape as CPU gets no onset model.
+        let start = 1_700_000_000.0;
+        let cycle: Vec<f64> = std::iter::repeat_n(0.0, 120)
+            .chain(std::iter::repeat_n(1.0, 60))
+            .collect();
+        let values: Vec<f64> = cycle
+            .iter()
+            .cycle()
+            .take(cycle.len() * 8)
+            .chain(std::iter::repeat_n(&0.0, 102))
+            .copied()
+            .collect();
+        let rows: Vec<Row> = ["vfs:0000:01:00.0", "cpu"]
+            .iter()
+            .flat_map(|r| {
+                values.iter().enumerate().map(move |(i, &v)| Row {
+                    timestamp: start + 10.0 * (i as f64 + 1.0),
+                    vm: "a".into(),
+                    pid: 1,
+                    resource: (*r).into(),
+                    value: v,
+                })
+            })
+            .collect();
+        let mut p = Pipeline::new(PipelineConfig::agent_default()).expect("pipeline");
+        // Planned every 5 minutes (as the agent may be) (the store keeps only
+        // 15 minutes at full resolution).
+        let mut out = Vec::new();
+        for chunk in (0..values.len()).collect::<Vec<_>>().chunks(30) {
+            let tick: Vec<Row> = rows
+                .iter()
+                .filter(|r| {
+                    let i = ((r.timestamp - start) / 10.0).round() as usize - 1;
+                    chunk.contains(&i)
+                })
+                .cloned()
+                .collect();
+            let now = start + 10.0 * (chunk[chunk.len() - 1] as f64 + 2.0);
+            p.ingest(&tick, now).expect("ingest");
+            out = p.forecast();
+        }
+        p.rebound(&mut out, |_| 0.95);
+        let upper = |resource: &str| {
+            out.iter()
+                .find(|o| o.key.resource == resource)
+                .and_then(|o| o.forecasts.iter().find(|f| f.horizon_s >= 300.0))
+                .map(|f| f.upper)
+                .expect("a 300 s forecast")
+        };
+        assert!(
+            upper("vfs:0000:01:00.0") >= 1.0,
+            "{}",
+            upper("vfs:0000:01:00.0")
+        );
+        let onset = |resource: &str| {
+            p.tracked
+                .iter()
+                .find(|(k, _)| k.resource == resource)
+                .and_then(|(_, t)| {
+                    let (m, _) = t.onsets.as_ref()?;
+                    m.bound(t.fed_until, 300.0, 0.95)
+                })
+        };
+        assert_eq!(onset("vfs:0000:01:00.0"), Some(1));
+        assert_eq!(onset("cpu"), None, "cpu is not a level series");
     }
 }

@@ -239,8 +239,10 @@ async fn agent(
     if let Ok(mut s) = shared.lock() {
         s.history.push(base);
     }
+    let mut pipeline_cfg = pipeline_config(args);
+    pipeline_cfg.levels = controller.level_series();
     let forecaster = ForecastThread::start(
-        Pipeline::new(pipeline_config(args)).context("starting the forecaster")?,
+        Pipeline::new(pipeline_cfg).context("starting the forecaster")?,
         controller,
         Arc::clone(&shared),
         args.export_dir.clone(),

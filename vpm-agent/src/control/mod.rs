@@ -209,6 +209,14 @@ impl Controller {
         self.policy.class_of(vm).class.headroom.level()
     }
 
+    /// Level series the forecasts should learn onsets of, besides the
+    /// `vfs:<pf>` gauges: the policy's `[hotplug] demand` and how much of
+    /// it one VF serves (`per_vf`), if set.
+    pub fn level_series(&self) -> Vec<(String, f64)> {
+        let h = &self.policy.hotplug;
+        h.demand.iter().map(|d| (d.clone(), h.per_vf)).collect()
+    }
+
     /// Whether a policy file says what to manage.
     pub fn managing(&self) -> bool {
         self.managing

@@ -20,6 +20,9 @@
 //!   residuals.
 //! - [`forecaster`]: [`SeriesForecaster`], the stateful per-(vm, resource)
 //!   object the agent keeps: `observe` new points, `forecast` horizons.
+//! - [`onset`]: [`OnsetModel`](onset::OnsetModel), the chance that a level
+//!   series (whole VFs) rises within a horizon, from its past runs and days:
+//!   the scheduler's bound for VF demand that switches on and off.
 //! - [`headroom`]: an online controller that picks the provisioning quantile
 //!   per QoS class to hold a target under-provision rate.
 //! - [`eval`]: rolling-origin evaluation of every model, the VPA rule and vpm's
@@ -36,6 +39,7 @@ pub mod features;
 pub mod forecaster;
 pub mod headroom;
 pub mod models;
+pub mod onset;
 pub mod periodic;
 pub mod select;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::ReplayError;
 use super::metrics::{MissCause, OnsetOutcome};
 use crate::executor::Action;
+use crate::forecast::onset::{OnsetConfig, OnsetModel};
 use crate::forecast::{ForecasterConfig, SelectionBudget, SeriesForecaster};
 use crate::hal::Bdf;
 use crate::policy::Policy;
@@ -274,8 +275,9 @@ struct LastPlan {
 /// vpm as the agent runs it: one [`SeriesForecaster`] per VM for its
 /// `vfs:<pf>` gauge, fed each tick; forecasts at the agent's horizons with
 /// the upper bound at the VM's class headroom level
-/// ([`SeriesForecaster::bounds_at`], else the forecast's own bound); then
-/// [`scheduler::plan`] with the policy.
+/// ([`SeriesForecaster::bounds_at`], else the forecast's own bound), raised
+/// to its [`OnsetModel`]'s bound at that level (as the agent's
+/// `Pipeline::rebound`); then [`scheduler::plan`] with the policy.
 pub struct Vpm {
     pf: Bdf,
     policy: Policy,
@@ -284,6 +286,8 @@ pub struct Vpm {
     cfg: ForecasterConfig,
     selections_per_tick: usize,
     forecasters: BTreeMap<String, SeriesForecaster>,
+    onsets: BTreeMap<String, OnsetModel>,
+    onset_cfg: OnsetConfig,
     last: Option<LastPlan>,
     plans: u64,
     deferred: u64,
@@ -312,6 +316,8 @@ impl Vpm {
             cfg,
             selections_per_tick,
             forecasters: BTreeMap::new(),
+            onsets: BTreeMap::new(),
+            onset_cfg: OnsetConfig::default(),
             last: None,
             plans: 0,
             deferred: 0,
@@ -381,6 +387,15 @@ impl Controller for Vpm {
             let fc = f
                 .forecast_with_budget(now, &self.horizons_s, &mut budget)
                 .map_err(err)?;
+            let onsets = match self.onsets.get_mut(vm) {
+                Some(m) => m,
+                None => {
+                    let m = OnsetModel::new(self.step_s, self.onset_cfg.clone()).map_err(err)?;
+                    self.onsets.entry(vm.clone()).or_insert(m)
+                }
+            };
+            // The point covers the step that ends now.
+            onsets.observe(now - self.step_s, *n).map_err(err)?;
             let level = self.policy.class_of(vm).class.headroom.level();
             let points: Vec<Point> = fc
                 .iter()
@@ -389,10 +404,11 @@ impl Controller for Vpm {
                         .bounds_at(p.horizon_s, &[level])
                         .and_then(|b| b.first().copied())
                         .unwrap_or(p.upper);
+                    let rise = onsets.bound(now, p.horizon_s, level).map_or(0.0, f64::from);
                     Point {
                         horizon_s: p.horizon_s,
                         predicted: p.predicted,
-                        upper: upper.max(p.predicted),
+                        upper: upper.max(p.predicted).max(rise),
                     }
                 })
                 .collect();
