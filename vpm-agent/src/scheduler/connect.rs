@@ -118,6 +118,15 @@ pub(crate) fn plan(
         return;
     }
     let per_vf = ctx.policy.hotplug.per_vf;
+    // vpm acts only on what the allow-list allows: a VF it attached before
+    // the list changed stays where it is.
+    let may_detach = |vf: Bdf| {
+        host.pfs.iter().any(|pf| {
+            pf.vfs
+                .iter()
+                .any(|v| v.bdf == vf && ctx.allowed(&v.candidate(Some(pf.bdf))))
+        })
+    };
     let dwell = ctx.policy.hotplug.attached_s;
     let (near_w, far_w) = (attach_window(ctx), keep_window(ctx));
     let mut vms: Vec<&VmState> = host.vms.iter().collect();
@@ -179,7 +188,7 @@ pub(crate) fn plan(
         let mut mine: Vec<_> = hp
             .attached
             .iter()
-            .filter(|a| a.by_vpm && ctx.settled(a.since, dwell))
+            .filter(|a| a.by_vpm && ctx.settled(a.since, dwell) && may_detach(a.vf))
             .collect();
         mine.sort_by_key(|a| std::cmp::Reverse(a.vf));
         for a in mine.into_iter().take(surplus as usize) {
@@ -295,7 +304,7 @@ pub(crate) fn plan(
                     let vf = hp
                         .attached
                         .iter()
-                        .filter(|a| a.by_vpm && !used.contains(&a.vf))
+                        .filter(|a| a.by_vpm && !used.contains(&a.vf) && may_detach(a.vf))
                         .find(|a| ctx.settled(a.since, dwell) || c.class.class.preempt_dwell)?;
                     Some((d, vf))
                 })

@@ -167,6 +167,23 @@ fn a_vf_is_given_back_only_after_attached_s_and_only_if_vpm_plugged_it() {
         &hp_policy(""),
     );
     assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // A VF the allow-list no longer allows (it allows another VF of the
+    // PF): never (vpm acts only on allowed devices).
+    let mut not_allowed = hp_policy("");
+    not_allowed.devices = Policy::parse(
+        &format!("[devices]\nallow = [\"{}\"]\n", vf_bdf(2)),
+        std::path::Path::new("test.toml"),
+    )
+    .expect("policy")
+    .devices;
+    let two = vec![dev(vf).awake().held_by("lo-1"), dev(vf_bdf(2))];
+    let p = plan(
+        NOW,
+        &hp_host(two, vec![vm("lo-1", 7, &[(vf, true, 900.0)])]),
+        &f,
+        &not_allowed,
+    );
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
     // A class with detach = false: never.
     cpu(&mut f, "keep-1", IDLE);
     let held = vec![dev(vf).awake().held_by("keep-1")];
