@@ -603,9 +603,11 @@ fn render(
          including what waits), fed each tick, with the agent's settings \
          (`PipelineConfig::agent_default`: history {} points, {} calibration residuals, \
          horizons {} s, {} selections per tick); the upper bound at the VM's class level \
-         (`bounds_at`); then `scheduler::plan` with {} (preference {}, horizon {} s, {} \
-         actions per tick, wake latency {} s, dwell awake {} s / parked {} s / VF count {} s; \
-         classes {}; VM rules {}, else {}). **reactive**: the first time a VM finds no VF it \
+         (`bounds_at`), raised to the onset model's bound at that level (`forecast::onset`: \
+         past runs at the VM's level and past days; see *What the misses say*); then \
+         `scheduler::plan` with {} (preference {}, horizon {} s, {} \
+         actions per tick, wake latency {} s, {} VF per VM in a pool, dwell awake {} s / \
+         parked {} s / VF count {} s; classes {}; VM rules {}, else {}). **reactive**: the first time a VM finds no VF it \
          creates every VF the PF supports (a VF count changes only while no VF is held, so a \
          pool sized to the first demand could seldom grow again; it never shrinks), parks \
          every free VF that is awake at once, and never wakes one (the VM's open does). \
@@ -631,6 +633,7 @@ fn render(
         p.horizon_s,
         p.max_actions_per_tick,
         p.wake_latency_s,
+        p.pool_per_vm,
         d.awake_s,
         d.parked_s,
         d.vf_count_s,
@@ -720,12 +723,14 @@ fn render_advice(
             "**The pool.** {frozen} of vpm's {misses} onsets that were not ready found no free \
              VF while the pool was below the PF's {TOTAL_VFS} VFs with a VF held. The scheduler \
              sizes a pool to the sum of its VMs' forecast peaks within the {} s plan horizon, \
-             and shrinks it whenever no VF is held and `vf_count_s` ({} s) has passed since its \
-             last change; on a PF that several VMs share, some VF is soon held again, and a VF \
-             count changes only through 0, so the pool then cannot grow until every VM has let \
-             go of its VFs. A shortfall's mean wait: {}. Reactive, whose pool is created whole \
-             once, meets only the PF's own limit.\n",
+             to what its users held at their peaks over the last day, and to `pool_per_vm` ({}) \
+             VF per VM that may use it, and changes it only when no VF is held and `vf_count_s` \
+             ({} s) has passed since its last change; on a PF that several VMs share, some VF \
+             is soon held again, and a VF count changes only through 0, so the pool then cannot \
+             grow until every VM has let go of its VFs. A shortfall's mean wait: {}. Reactive, \
+             whose pool is created whole once, meets only the PF's own limit.\n",
             policy.plan.horizon_s,
+            policy.plan.pool_per_vm,
             policy.dwell.vf_count_s,
             if waits.is_empty() {
                 "—".to_owned()
@@ -750,20 +755,23 @@ fn render_advice(
     let _ = writeln!(
         md,
         "**Prediction.** vpm's forecasts foresaw {foreseen} of {onsets} onsets ({}); {} \
-         misses that the pool does not explain were not foreseen. The agent's forecaster keeps \
-         {} points of history and calibrates its bound on its last {} residuals ({}): once a \
-         VM has been idle for the calibration window its upper bound is its idle level, so \
-         the first VF of a random burst (the bursty and on/off shapes) is not foreseen{}.\n",
+         misses that the pool does not explain were not foreseen. The regression forecaster \
+         keeps {} points of history and calibrates its bound on its last {} residuals ({}): \
+         once a VM has been idle for the calibration window, that bound is its idle level. \
+         What foresees onsets is the onset model (`forecast::onset`): from a VM's past runs at \
+         its current level (how long they lasted before a rise) and from its past days (was \
+         the level higher in the same window of the day?), it raises the bound to the risen \
+         level when a rise is at least 1 − q likely, q being the VM's class level. A rise \
+         that neither announces (a random burst whose chance within the wake window stays \
+         under 1 − q, a regime change such as an idle VM turning busy for good{}) is not \
+         foreseen: only a VF kept awake in any case (a spare, below) is ready for it.\n",
         pct(ratio(foreseen, onsets)),
         not_predicted,
         agent.forecaster.history_cap,
         agent.forecaster.calibration_window,
         steps.join("; "),
-        if scenarios
-            .iter()
-            .any(|sc| agent.forecaster.history_cap as f64 * sc.trace.step_s < DAY)
-        {
-            ", and a daily shape cannot be learnt from less than a day of history"
+        if scenarios.iter().any(|sc| sc.trace.duration_s() < 2.0 * DAY) {
+            ", or a daily shape in a trace too short to have past days"
         } else {
             ""
         },
@@ -811,11 +819,10 @@ fn render_advice(
          whole pool and 1 or 2 free VFs awake for whichever VM comes next. {}. With one \
          spare, a VM that takes two VFs at once (or a second onset before the next tick wakes \
          a new spare) finds the second one parked; two spares keep one more VF awake all the \
-         time. What would help the scheduler: keep a PF-level spare of \
-         free awake VFs (interchangeable between VMs, as its free-VF rule already treats \
-         them) sized to what one VM takes at once, add to it where the forecast foresees \
-         more, and not shrink a shared pool below the demand it served over a long window \
-         (a day), since it cannot grow back while any VF is held.\n",
+         time. vpm keeps a free VF awake for each VM whose own chance of a rise passes its \
+         class's threshold; what would help it further: size the PF's awake spares from the \
+         VMs' chances together (free VFs are interchangeable, so the question is how many \
+         VMs rise at once), which keeps fewer VFs awake for the same share of onsets.\n",
         spares.join("; ")
     );
 }

@@ -187,6 +187,7 @@ mod tests {
             "preference",
             "wake_latency_s",
             "active_rate",
+            "pool_per_vm",
             "[dwell]",
             "awake_s",
             "parked_s",

@@ -32,6 +32,13 @@ pub struct PlanSettings {
     /// second, all kinds together) reaches this. Default 1.
     #[serde(deserialize_with = "positive")]
     pub active_rate: f64,
+    /// VFs a PF's pool keeps for each running VM that may use it (has a VF
+    /// forecast for the PF), even while none is predicted to: a VF count
+    /// changes only through 0, so a pool shared by VMs can grow only in the
+    /// moments none of them holds a VF, and one sized to the demand of the
+    /// moment is soon stuck below the next peak. Unused VFs are parked.
+    /// 0 sizes pools to the forecast alone. Default 1.
+    pub pool_per_vm: u32,
 }
 
 impl Default for PlanSettings {
@@ -42,6 +49,7 @@ impl Default for PlanSettings {
             preference: Preference::BALANCED,
             wake_latency_s: 1.0,
             active_rate: 1.0,
+            pool_per_vm: 1,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! in whole VFs: see [`vf_units`]) clamped to its class's `min_vfs..=max_vfs`,
 //! and never below what it holds now. A pool is sized to the sum of its VMs'
 //! needs over the plan horizon (plus VFs held by processes that are not VMs),
-//! capped by `sriov_totalvfs`. A VM that takes part in hot-plug (see
+//! at least what its users held at their peaks over the last day and
+//! `[plan] pool_per_vm` for each VM that may use it, capped by
+//! `sriov_totalvfs`. A VM that takes part in hot-plug (see
 //! `connect`) needs, on the hot-plug PF, every VF its class may attach
 //! (`max_attached`): attached VFs are held, so once VMs have theirs the
 //! pool can seldom be resized. From a non-zero count every change passes
@@ -195,15 +197,26 @@ pub(crate) fn size_pool(ctx: &Ctx<'_>, pf: &PfState) -> PoolOutcome {
     let forecast_target =
         u32::try_from(total_need.min(u64::from(pf.total_vfs))).unwrap_or(pf.total_vfs);
     // Size for the peak: never below what its users held at their peaks
-    // lately (a pool can only grow while none of its VFs is held).
+    // lately, nor below `pool_per_vm` for each VM that may use it (a pool can
+    // only grow while none of its VFs is held).
     let floor = pf.peak_held.min(pf.total_vfs);
-    let target = forecast_target.max(floor);
-    let peak_note = if floor > forecast_target {
+    let users = u32::try_from(demands.len()).unwrap_or(u32::MAX);
+    let per_vm = users
+        .saturating_mul(ctx.policy.plan.pool_per_vm)
+        .min(pf.total_vfs);
+    let target = forecast_target.max(floor).max(per_vm);
+    let peak_note = if floor > forecast_target.max(per_vm) {
         format!(
             "; it keeps the {} its users held at their peaks within the last {} (it can \
              grow only while no VF is held)",
             vfs(floor),
             secs(super::state::POOL_MEMORY_S)
+        )
+    } else if per_vm > forecast_target {
+        format!(
+            "; it keeps {} for each of the {users} VMs that may use it ([plan] pool_per_vm; \
+             it can grow only while no VF is held)",
+            vfs(ctx.policy.plan.pool_per_vm)
         )
     } else {
         String::new()

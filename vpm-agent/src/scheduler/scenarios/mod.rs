@@ -846,4 +846,66 @@ fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
     );
 }
 
+#[test]
+fn a_shared_pool_keeps_pool_per_vm_for_each_vm_that_may_use_it() {
+    // Three VMs with a VF forecast for the PF, one predicted to use a VF:
+    // the empty pool grows to one VF each (pool_per_vm = 1, the default),
+    // since once any of them holds one it cannot grow; with pool_per_vm = 0,
+    // to the forecast alone.
+    let vms = ["web-1", "web-2", "batch-1"];
+    let h = host(vec![pf(8, vec![])], vec![], &vms);
+    let mut f = Forecasts::default();
+    want_vfs(&mut f, "web-1", &[(300.0, 1.0, 1.0)]);
+    want_vfs(&mut f, "web-2", &[(300.0, 0.0, 0.0)]);
+    want_vfs(&mut f, "batch-1", &[(300.0, 0.0, 0.1)]);
+    let set_vfs = |p: &Plan| {
+        actions(p)
+            .into_iter()
+            .filter(|a| matches!(a, Action::SetVfs { .. }))
+            .collect::<Vec<_>>()
+    };
+    let p = plan(NOW, &h, &f, &policy(CLASSES));
+    assert_eq!(
+        set_vfs(&p),
+        vec![Action::SetVfs {
+            pf: bdf(PF),
+            count: 3
+        }],
+        "{}",
+        reasons(&p)
+    );
+    assert!(
+        reasons(&p).contains("1 VF for each of the 3 VMs that may use it"),
+        "{}",
+        reasons(&p)
+    );
+    let p = plan(
+        NOW,
+        &h,
+        &f,
+        &policy(&format!("[plan]\npool_per_vm = 0\n{CLASSES}")),
+    );
+    assert_eq!(
+        set_vfs(&p),
+        vec![Action::SetVfs {
+            pf: bdf(PF),
+            count: 1
+        }],
+        "{}",
+        reasons(&p)
+    );
+    // Capped by the PF.
+    let h = host(vec![pf(2, vec![])], vec![], &vms);
+    let p = plan(NOW, &h, &f, &policy(CLASSES));
+    assert_eq!(
+        set_vfs(&p),
+        vec![Action::SetVfs {
+            pf: bdf(PF),
+            count: 2
+        }],
+        "{}",
+        reasons(&p)
+    );
+}
+
 mod hotplug;
