@@ -96,6 +96,11 @@ pub struct SeriesOutlook {
     pub key: SeriesKey,
     /// Its forecasts, one per horizon.
     pub forecasts: Vec<Forecast>,
+    /// Set by [`Pipeline::rebound`] for level series: per forecast, the
+    /// chance of the rise its bound counts when only the onset model
+    /// foresees it ([`Point::rise`](crate::scheduler::Point::rise)); empty
+    /// before.
+    pub rises: Vec<Option<f64>>,
 }
 
 /// The loop.
@@ -212,7 +217,11 @@ impl Pipeline {
                 .forecaster
                 .forecast_with_budget(t.fed_until, &self.cfg.horizons_s, &mut budget)
             {
-                Ok(forecasts) => out.push(SeriesOutlook { key, forecasts }),
+                Ok(forecasts) => out.push(SeriesOutlook {
+                    key,
+                    forecasts,
+                    rises: Vec::new(),
+                }),
                 Err(e) => log::debug!("{}/{}: no forecast yet: {e}", key.vm, key.resource),
             }
         }
@@ -232,7 +241,8 @@ impl Pipeline {
                 continue;
             };
             let level = level_of(&o.key.vm);
-            for f in &mut o.forecasts {
+            o.rises = vec![None; o.forecasts.len()];
+            for (i, f) in o.forecasts.iter_mut().enumerate() {
                 if let Some(u) = t
                     .forecaster
                     .bounds_at(f.horizon_s, &[level])
@@ -241,15 +251,11 @@ impl Pipeline {
                 {
                     f.upper = u.max(f.predicted);
                 }
-                if let Some(units) = t
-                    .onsets
-                    .as_ref()
-                    .and_then(|(m, unit)| {
-                        m.bound(t.fed_until, f.horizon_s, level).map(|b| (b, unit))
-                    })
-                    .map(|(b, unit)| f64::from(b) * unit)
-                {
-                    f.upper = f.upper.max(units);
+                if let Some((m, unit)) = &t.onsets {
+                    let (upper, rise) =
+                        m.raise(t.fed_until, f.horizon_s, level, f.upper, *unit, vf_units);
+                    f.upper = upper;
+                    o.rises[i] = rise;
                 }
             }
         }

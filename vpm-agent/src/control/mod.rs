@@ -250,7 +250,7 @@ impl Controller {
     pub fn step(&mut self, now: f64, outlook: &[SeriesOutlook]) -> &Plan {
         let mut forecasts = Forecasts::default();
         for o in outlook {
-            forecasts.add(&o.key.vm, &o.key.resource, &o.forecasts);
+            forecasts.add_with_rises(&o.key.vm, &o.key.resource, &o.forecasts, &o.rises);
         }
         self.refresh_hotplug(now);
         let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
@@ -378,6 +378,7 @@ mod tests {
                     backtest_wape: None,
                 })
                 .collect(),
+            rises: Vec::new(),
         }
     }
 

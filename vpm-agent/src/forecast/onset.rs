@@ -290,6 +290,32 @@ impl OnsetModel {
         let chance = o.chance?;
         Some(if chance >= 1.0 - q { o.to } else { o.level })
     }
+
+    /// Raises a regression forecast's upper bound `upper` (in the series'
+    /// units, `unit` per level; `levels` turns a value into whole levels, as
+    /// the scheduler counts them) to this model's [`bound`](Self::bound) at
+    /// `q`. Returns the new bound and, when the foreseen rise alone puts it
+    /// above the levels `upper` counts, the rise's chance.
+    pub fn raise(
+        &self,
+        now: f64,
+        horizon_s: f64,
+        q: f64,
+        upper: f64,
+        unit: f64,
+        levels: impl Fn(f64) -> u32,
+    ) -> (f64, Option<f64>) {
+        let Some(o) = self.onset(now, horizon_s) else {
+            return (upper, None);
+        };
+        let Some(chance) = o.chance else {
+            return (upper, None);
+        };
+        let bound = if chance >= 1.0 - q { o.to } else { o.level };
+        let raised = upper.max(f64::from(bound) * unit);
+        let rise = (bound > o.level && bound > levels(upper / unit)).then_some(chance);
+        (raised, rise)
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +415,27 @@ mod tests {
             m.bound(MONDAY + 3.0 * DAY_S + 3.0 * 3600.0, 300.0, 0.99),
             Some(0)
         );
+    }
+
+    #[test]
+    fn a_raised_bound_says_when_only_the_rise_put_it_there() {
+        let mut m = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
+        let mut t = MONDAY;
+        for _ in 0..8 {
+            t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 20));
+            t = feed(&mut m, t, 60.0, std::iter::repeat_n(2, 10));
+        }
+        t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 17));
+        let whole = |x: f64| x.ceil() as u32;
+        // A regression bound of 0.1 counts no unit: the rise to 2 stands alone.
+        assert_eq!(m.raise(t, 300.0, 0.95, 0.1, 1.0, whole), (2.0, Some(1.0)));
+        // One of 2.5 already counts 3: the rise adds nothing.
+        assert_eq!(m.raise(t, 300.0, 0.95, 2.5, 1.0, whole), (2.5, None));
+        // Units of 10 per level.
+        assert_eq!(m.raise(t, 300.0, 0.95, 1.0, 10.0, whole), (20.0, Some(1.0)));
+        // Without support the bound is left as it is.
+        let empty = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
+        assert_eq!(empty.raise(t, 300.0, 0.95, 0.4, 1.0, whole), (0.4, None));
     }
 
     #[test]

@@ -404,11 +404,19 @@ impl Controller for Vpm {
                         .bounds_at(p.horizon_s, &[level])
                         .and_then(|b| b.first().copied())
                         .unwrap_or(p.upper);
-                    let rise = onsets.bound(now, p.horizon_s, level).map_or(0.0, f64::from);
+                    let (upper, rise) = onsets.raise(
+                        now,
+                        p.horizon_s,
+                        level,
+                        upper.max(p.predicted),
+                        1.0,
+                        scheduler::vf_units,
+                    );
                     Point {
                         horizon_s: p.horizon_s,
                         predicted: p.predicted,
-                        upper: upper.max(p.predicted).max(rise),
+                        upper,
+                        rise,
                     }
                 })
                 .collect();

@@ -40,6 +40,12 @@ pub struct Point {
     pub predicted: f64,
     /// Calibrated upper bound (at the VM's class headroom level).
     pub upper: f64,
+    /// For a level series (VFs): when the bound counts a rise that only the
+    /// onset model foresees (see `forecast::onset`), the rise's chance
+    /// within the horizon. Free VFs are interchangeable, so the scheduler
+    /// pools such chances over a PF's VMs instead of waking a VF for each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rise: Option<f64>,
 }
 
 impl From<&Forecast> for Point {
@@ -48,6 +54,7 @@ impl From<&Forecast> for Point {
             horizon_s: f.horizon_s,
             predicted: f.predicted,
             upper: f.upper,
+            rise: None,
         }
     }
 }
@@ -68,6 +75,9 @@ pub struct Peak {
     pub upper: f64,
     /// The longest horizon looked at, seconds.
     pub horizon_s: f64,
+    /// When the largest upper bound comes only from points whose bound is
+    /// a foreseen rise ([`Point::rise`]): the largest of their chances.
+    pub rise: Option<f64>,
 }
 
 fn clean(x: f64) -> Option<f64> {
@@ -84,6 +94,7 @@ impl Outlook {
                     horizon_s,
                     predicted,
                     upper,
+                    rise: None,
                 })
                 .collect(),
         }
@@ -94,18 +105,21 @@ impl Outlook {
     /// forecaster offers). Points with a non-finite horizon or value are
     /// ignored and negative values count as 0; `None` if no point is usable.
     pub fn peak(&self, window_s: f64) -> Option<Peak> {
-        let usable: Vec<(f64, f64, f64)> = self
+        // (horizon, predicted, upper, rise)
+        let usable: Vec<(f64, f64, f64, Option<f64>)> = self
             .points
             .iter()
             .filter(|p| p.horizon_s.is_finite())
             .filter_map(|p| {
                 let pred = clean(p.predicted)?;
                 let up = clean(p.upper)?;
-                Some((p.horizon_s, pred, up.max(pred)))
+                let rise = p.rise.filter(|c| c.is_finite()).map(|c| c.clamp(0.0, 1.0));
+                Some((p.horizon_s, pred, up.max(pred), rise))
             })
             .collect();
-        let within: Vec<&(f64, f64, f64)> = usable.iter().filter(|p| p.0 <= window_s).collect();
-        let chosen: Vec<&(f64, f64, f64)> = if within.is_empty() {
+        let within: Vec<&(f64, f64, f64, Option<f64>)> =
+            usable.iter().filter(|p| p.0 <= window_s).collect();
+        let chosen: Vec<&(f64, f64, f64, Option<f64>)> = if within.is_empty() {
             usable
                 .iter()
                 .min_by(|a, b| a.0.total_cmp(&b.0))
@@ -114,20 +128,36 @@ impl Outlook {
         } else {
             within
         };
-        chosen.iter().fold(None, |acc: Option<Peak>, p| {
+        let mut peak = chosen.iter().fold(None, |acc: Option<Peak>, p| {
             Some(match acc {
                 None => Peak {
                     horizon_s: p.0,
                     predicted: p.1,
                     upper: p.2,
+                    rise: None,
                 },
                 Some(a) => Peak {
                     horizon_s: a.horizon_s.max(p.0),
                     predicted: a.predicted.max(p.1),
                     upper: a.upper.max(p.2),
+                    rise: None,
                 },
             })
-        })
+        })?;
+        // A rise stands for the peak only if no point without one reaches it.
+        let certain = chosen
+            .iter()
+            .filter(|p| p.3.is_none())
+            .map(|p| p.2)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if certain < peak.upper {
+            peak.rise = chosen
+                .iter()
+                .filter(|p| p.2 > certain)
+                .filter_map(|p| p.3)
+                .reduce(f64::max);
+        }
+        Some(peak)
     }
 
     /// Adds `other` horizon by horizon (points at a horizon only one side
@@ -142,6 +172,8 @@ impl Outlook {
                 Some(q) => {
                     q.predicted += p.predicted;
                     q.upper += p.upper;
+                    // A sum is not one rise.
+                    q.rise = None;
                 }
                 None => self.points.push(*p),
             }
@@ -231,7 +263,26 @@ impl Forecasts {
     /// of the kinds above; others are kept by name in
     /// [`VmForecasts::other`] (for `[hotplug] demand`).
     pub fn add(&mut self, vm: &str, resource: &str, forecasts: &[Forecast]) -> bool {
-        let points: Vec<Point> = forecasts.iter().map(Point::from).collect();
+        self.add_with_rises(vm, resource, forecasts, &[])
+    }
+
+    /// [`Forecasts::add`], with each forecast's [`Point::rise`] (`rises[i]`
+    /// for `forecasts[i]`; missing entries are `None`).
+    pub fn add_with_rises(
+        &mut self,
+        vm: &str,
+        resource: &str,
+        forecasts: &[Forecast],
+        rises: &[Option<f64>],
+    ) -> bool {
+        let points: Vec<Point> = forecasts
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Point {
+                rise: rises.get(i).copied().flatten(),
+                ..Point::from(f)
+            })
+            .collect();
         let Some(r) = Resource::parse(resource) else {
             self.add_other(vm, resource, &points);
             return false;
@@ -276,6 +327,36 @@ mod tests {
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peak_is_a_rise_only_if_no_certain_point_reaches_it() {
+        let pt = |h: f64, upper: f64, rise: Option<f64>| Point {
+            horizon_s: h,
+            predicted: 0.0,
+            upper,
+            rise,
+        };
+        let o = |points: Vec<Point>| Outlook { points };
+        let peak = |o: &Outlook, w: f64| o.peak(w).expect("peak");
+        let rising = o(vec![pt(60.0, 1.0, Some(0.3)), pt(300.0, 2.0, Some(0.6))]);
+        assert_eq!(peak(&rising, 60.0).rise, Some(0.3));
+        assert_eq!(peak(&rising, 300.0).rise, Some(0.6));
+        // A regression bound as high as the rise makes the peak certain.
+        let certain = o(vec![pt(60.0, 1.0, Some(0.3)), pt(300.0, 1.0, None)]);
+        assert_eq!(peak(&certain, 300.0).rise, None);
+        // One below it does not.
+        let below = o(vec![pt(60.0, 1.0, Some(0.3)), pt(300.0, 0.5, None)]);
+        assert_eq!(peak(&below, 300.0).rise, Some(0.3));
+        // Chances are clamped; a NaN one is dropped.
+        assert_eq!(
+            peak(&o(vec![pt(60.0, 1.0, Some(7.0))]), 60.0).rise,
+            Some(1.0)
+        );
+        assert_eq!(
+            peak(&o(vec![pt(60.0, 1.0, Some(f64::NAN))]), 60.0).rise,
+            None
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub mod output;
 mod pool;
 mod power;
 mod recommend;
+mod spares;
 pub mod state;
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //!
 //! Free VFs are interchangeable: a VM opens whichever is there, so a PF keeps
 //! as many free VFs awake as its VMs are predicted to open (beyond what they
-//! hold), highest priority first; a free VF a VM is predicted to use by
+//! hold), highest priority first, with rises that are only likely sharing
+//! pooled spares (see `spares`); a free VF a VM is predicted to use by
 //! address (its activity forecast) is kept for that VM. Other devices, and
 //! VFs a VM holds, follow their own activity forecasts.
 
@@ -12,6 +13,7 @@ use super::context::{Ctx, Proposal, Rank, num, secs, vm_label};
 use super::forecasts::Peak;
 use super::output::Deferred;
 use super::pool::{VfDemand, demands, grant};
+use super::spares;
 use super::state::{DeviceState, DeviceUse, PfState, Readiness};
 use crate::executor::Action;
 use crate::hal::Bdf;
@@ -239,7 +241,29 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
             // Awake for predicted use only: min_vfs keeps VFs created, not awake.
             d.need = d.use_need.saturating_sub(by_address(d.vm)).max(d.held);
         }
-        let g = grant(&ds, pool_n);
+        let mut g = grant(&ds, pool_n);
+        // Rises that are only likely share pooled spares (highest priority
+        // first), not one VF each.
+        let likely: Vec<(u32, f64, f64)> = ds
+            .iter()
+            .zip(&g)
+            .filter_map(|(d, &g)| {
+                let chance = d.peak.and_then(|p| p.rise)?;
+                Some((g, chance, d.class.class.headroom.level()))
+            })
+            .collect();
+        if !likely.is_empty() {
+            let claims: Vec<(u32, f64)> = likely.iter().map(|l| (l.0, l.1)).collect();
+            let level = likely.iter().map(|l| l.2).fold(0.0, f64::max);
+            let mut left = spares::pooled(&claims, level);
+            for (d, g) in ds.iter().zip(g.iter_mut()) {
+                if d.peak.and_then(|p| p.rise).is_some() {
+                    let take = (*g).min(left);
+                    left -= take;
+                    *g = take;
+                }
+            }
+        }
         (ds, g)
     };
     let (wake_demands, wake_grants) = counted(wake_w);
@@ -277,8 +301,16 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
             class: d.class,
             upper: d.upper(),
         };
+        let likely = d.peak.and_then(|p| p.rise).map_or(String::new(), |c| {
+            format!(
+                " (a rise {:.0} % likely; {} keeps spares for the likely rises of its VMs \
+                 together)",
+                c * 100.0,
+                pf.bdf
+            )
+        });
         let why = format!(
-            "{}; {} has {} free {} awake",
+            "{}{likely}; {} has {} free {} awake",
             d.describe(pf, wake_w),
             pf.bdf,
             free_awake,

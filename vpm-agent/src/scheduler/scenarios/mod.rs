@@ -136,6 +136,7 @@ fn without_a_policy_a_plan_only_recommends() {
             horizon_s: 60.0,
             predicted: 0.5,
             upper: 0.9,
+            rise: None,
         }],
     );
     let p = plan(NOW, &h, &f, &Policy::default());
@@ -743,11 +744,13 @@ fn cpu_and_memory_are_recommended_like_a_vpa() {
                 horizon_s: 60.0,
                 predicted: 1.234,
                 upper: 1.9,
+                rise: None,
             },
             Point {
                 horizon_s: 300.0,
                 predicted: 0.8,
                 upper: 2.5,
+                rise: None,
             },
         ],
     );
@@ -758,6 +761,7 @@ fn cpu_and_memory_are_recommended_like_a_vpa() {
             horizon_s: 60.0,
             predicted: 1.5 * MEMORY_STEP,
             upper: 3.2 * MEMORY_STEP,
+            rise: None,
         }],
     );
     // A VM that is not running gets nothing.
@@ -768,6 +772,7 @@ fn cpu_and_memory_are_recommended_like_a_vpa() {
             horizon_s: 60.0,
             predicted: 1.0,
             upper: 1.0,
+            rise: None,
         }],
     );
     let p = plan(NOW, &h, &f, &policy(CLASSES));
@@ -906,6 +911,46 @@ fn a_shared_pool_keeps_pool_per_vm_for_each_vm_that_may_use_it() {
         "{}",
         reasons(&p)
     );
+}
+
+#[test]
+fn likely_rises_share_pooled_spares_and_certain_ones_do_not() {
+    // Three best-effort VMs (level 0.8) on a pool of 3 parked VFs, each
+    // predicted to take one within the wake window.
+    let vms = ["batch-1", "batch-2", "batch-3"];
+    let mut the_pf = pf(8, (1..=3).map(|i| dev(vf_bdf(i))).collect());
+    the_pf.peak_held = 3;
+    let h = host(vec![the_pf], vec![], &vms);
+    let wakes = |rise: Option<f64>| {
+        let mut f = Forecasts::default();
+        for vm in vms {
+            f.add_points(
+                vm,
+                Resource::Vfs(bdf(PF)),
+                &[Point {
+                    horizon_s: 60.0,
+                    predicted: 0.0,
+                    upper: 1.0,
+                    rise,
+                }],
+            );
+        }
+        let p = plan(NOW, &h, &f, &policy(CLASSES));
+        let n = actions(&p)
+            .iter()
+            .filter(|a| matches!(a, Action::Wake { .. }))
+            .count();
+        (n, reasons(&p))
+    };
+    // Each only 20 % likely: more than one at once is 10.4 % likely, within
+    // the 20 % best-effort allows: one spare.
+    let (n, why) = wakes(Some(0.2));
+    assert_eq!(n, 1, "{why}");
+    assert!(why.contains("a rise 20 % likely"), "{why}");
+    // Each 60 % likely: more than two at once is 21.6 % likely: three.
+    assert_eq!(wakes(Some(0.6)).0, 3);
+    // Forecast by the regression bound (no rise): one each.
+    assert_eq!(wakes(None).0, 3);
 }
 
 mod hotplug;
