@@ -819,10 +819,11 @@ fn render_advice(
          whole pool and 1 or 2 free VFs awake for whichever VM comes next. {}. With one \
          spare, a VM that takes two VFs at once (or a second onset before the next tick wakes \
          a new spare) finds the second one parked; two spares keep one more VF awake all the \
-         time. vpm keeps a free VF awake for each VM whose own chance of a rise passes its \
-         class's threshold; what would help it further: size the PF's awake spares from the \
-         VMs' chances together (free VFs are interchangeable, so the question is how many \
-         VMs rise at once), which keeps fewer VFs awake for the same share of onsets.\n",
+         time. vpm keeps spares only for the VMs whose chance of a rise passes their class's \
+         threshold, and pools them (free VFs are interchangeable: it keeps the fewest awake \
+         for which more VMs rise at once at most 1 − level of the time), so its spares follow \
+         the forecasts; a rise no forecast announces finds a spare only if another VM's \
+         likely rise kept one awake.\n",
         spares.join("; ")
     );
 }
