@@ -98,11 +98,13 @@ pub enum ModelKind {
     /// Seasonal naive on a period detected in the series (see
     /// [`SeasonalAuto`](super::periodic::SeasonalAuto)).
     SeasonalAuto,
+    /// The mean of SES and ridge (see [`Combo`]).
+    Combo,
 }
 
 impl ModelKind {
     /// Every model, simplest first (ties in selection go to the earlier one).
-    pub const ALL: [ModelKind; 10] = [
+    pub const ALL: [ModelKind; 11] = [
         ModelKind::LastValue,
         ModelKind::MovingAverage,
         ModelKind::Ewma,
@@ -113,11 +115,12 @@ impl ModelKind {
         ModelKind::Vpa,
         ModelKind::Ridge,
         ModelKind::Forest,
+        ModelKind::Combo,
     ];
 
     /// The point forecasters vpm selects among by default (all but the VPA
     /// rule, which forecasts a provisioning level, not the value).
-    pub const CANDIDATES: [ModelKind; 9] = [
+    pub const CANDIDATES: [ModelKind; 10] = [
         ModelKind::LastValue,
         ModelKind::MovingAverage,
         ModelKind::Ewma,
@@ -127,6 +130,7 @@ impl ModelKind {
         ModelKind::SeasonalAuto,
         ModelKind::Ridge,
         ModelKind::Forest,
+        ModelKind::Combo,
     ];
 
     /// Stable short name.
@@ -142,6 +146,7 @@ impl ModelKind {
             ModelKind::Ridge => "ridge",
             ModelKind::Forest => "forest",
             ModelKind::SeasonalAuto => "seasonal_auto",
+            ModelKind::Combo => "combo",
         }
     }
 
@@ -150,9 +155,13 @@ impl ModelKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// True for the models trained on features (ridge, forest).
+    /// True for the models trained on features (ridge, forest, and the
+    /// combination that includes ridge).
     pub fn is_learned(self) -> bool {
-        matches!(self, ModelKind::Ridge | ModelKind::Forest)
+        matches!(
+            self,
+            ModelKind::Ridge | ModelKind::Forest | ModelKind::Combo
+        )
     }
 
     /// True for the baselines (including the VPA rule): fixed rules with
@@ -180,6 +189,7 @@ impl ModelKind {
             ModelKind::Ridge => Box::new(Ridge::new(cfg.clone())),
             ModelKind::Forest => Box::new(Forest::new(cfg.clone())),
             ModelKind::SeasonalAuto => Box::new(super::periodic::SeasonalAuto::default()),
+            ModelKind::Combo => Box::new(Combo::new(cfg.clone())),
         }
     }
 
@@ -187,7 +197,7 @@ impl ModelKind {
     /// refitted (baselines have nothing to fit).
     pub fn refit_every(self, cfg: &ModelConfig) -> usize {
         match self {
-            ModelKind::Ridge | ModelKind::Ses | ModelKind::SeasonalAuto => {
+            ModelKind::Ridge | ModelKind::Ses | ModelKind::SeasonalAuto | ModelKind::Combo => {
                 cfg.ridge_refit_every.max(1)
             }
             ModelKind::Forest => cfg.forest_refit_every.max(1),
@@ -659,6 +669,47 @@ impl Model for Ses {
                 horizon: h,
             })?;
         Ewma { alpha }.predict(s, h)
+    }
+}
+
+/// A forecast combination: the mean of [`Ses`] and [`Ridge`]. The two err
+/// differently (a smoothed level; a regression on lags, rolling statistics
+/// and time of day), so their mean cancels part of each one's error — the
+/// classic finding of the forecasting competitions that a simple average of
+/// good models often beats each of them.
+pub struct Combo {
+    ses: Ses,
+    ridge: Ridge,
+}
+
+impl Combo {
+    /// An unfitted combination.
+    pub fn new(cfg: ModelConfig) -> Self {
+        Self {
+            ses: Ses::default(),
+            ridge: Ridge::new(cfg),
+        }
+    }
+}
+
+impl Model for Combo {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Combo
+    }
+
+    fn min_history(&self, h: usize, step_s: f64) -> usize {
+        self.ses
+            .min_history(h, step_s)
+            .max(self.ridge.min_history(h, step_s))
+    }
+
+    fn fit(&mut self, s: &Series<'_>, h: usize) -> Result<()> {
+        self.ses.fit(s, h)?;
+        self.ridge.fit(s, h)
+    }
+
+    fn predict(&self, s: &Series<'_>, h: usize) -> Result<f64> {
+        Ok(0.5 * (self.ses.predict(s, h)? + self.ridge.predict(s, h)?))
     }
 }
 

@@ -7,7 +7,9 @@
 //! lowest WAPE, since the origins are shared), ties to the simpler model
 //! (earlier in [`SelectConfig::candidates`]). The incumbent keeps its place
 //! unless the winner beats it by more than [`SelectConfig::hysteresis`], so
-//! the choice does not flap between near-equal models.
+//! the choice does not flap between near-equal models; and the preferred
+//! model ([`SelectConfig::prefer`], the SES + ridge combination) is chosen
+//! whenever it is within [`SelectConfig::prefer_margin`] of the winner.
 //!
 //! A candidate takes part only if it can forecast at the *first* backtest
 //! origin (the backtest spans the newest half of the history, at most
@@ -38,6 +40,14 @@ pub struct SelectConfig {
     /// Relative MAE margin a challenger needs to replace the incumbent.
     /// Default 0.02.
     pub hysteresis: f64,
+    /// The model chosen whenever its backtest MAE is within
+    /// [`prefer_margin`](Self::prefer_margin) of the best: a backtest on a
+    /// few hundred recent points is noisy, and a robust default loses less
+    /// out of sample than the noise's winner. Default [`ModelKind::Combo`].
+    pub prefer: Option<ModelKind>,
+    /// Relative MAE margin within which [`prefer`](Self::prefer) wins.
+    /// Default 0.05.
+    pub prefer_margin: f64,
 }
 
 impl Default for SelectConfig {
@@ -47,6 +57,8 @@ impl Default for SelectConfig {
             backtest: BacktestConfig::default(),
             learned_min_points: 144,
             hysteresis: 0.02,
+            prefer: Some(ModelKind::Combo),
+            prefer_margin: 0.05,
         }
     }
 }
@@ -139,6 +151,15 @@ pub fn select(
             best = inc;
         }
     }
+    if let Some(pref) = cfg
+        .prefer
+        .and_then(|k| scores.iter().position(|s| s.kind == k))
+    {
+        let margin = 1.0 + cfg.prefer_margin.max(0.0);
+        if scores[pref].stats.mae() <= scores[best].stats.mae() * margin {
+            best = pref;
+        }
+    }
     Ok(Some(Selection {
         chosen: scores[best].kind,
         outcomes: all_outcomes.swap_remove(best),
@@ -152,21 +173,61 @@ mod tests {
     use crate::forecast::synth::Rng;
     use proptest::prelude::*;
 
+    /// Selection by backtest alone (no preferred model): the rule under test.
     fn run_select(v: &[f64], step: f64, h: usize, inc: Option<ModelKind>) -> Selection {
+        let cfg = SelectConfig {
+            prefer: None,
+            ..SelectConfig::default()
+        };
+        run_with(v, step, h, inc, &cfg)
+    }
+
+    fn run_with(
+        v: &[f64],
+        step: f64,
+        h: usize,
+        inc: Option<ModelKind>,
+        cfg: &SelectConfig,
+    ) -> Selection {
         let s = Series {
             values: v,
             step_s: step,
             t0: 1.7e9,
         };
-        select(
-            &s,
-            h,
-            &SelectConfig::default(),
-            &ModelConfig::default(),
-            inc,
-        )
-        .unwrap()
-        .unwrap()
+        select(&s, h, cfg, &ModelConfig::default(), inc)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_preferred_model_wins_within_its_margin_only() {
+        let mut rng = Rng::new(9);
+        let v: Vec<f64> = (0..600).map(|_| 50.0 + 5.0 * rng.normal()).collect();
+        let free = run_select(&v, 10.0, 1, None);
+        let best = free.chosen_stats().mae();
+        for pref in [ModelKind::Combo, ModelKind::LastValue, ModelKind::Ewma] {
+            let Some(p) = free.scores.iter().find(|s| s.kind == pref) else {
+                continue;
+            };
+            let within = p.stats.mae() <= best * 1.05;
+            let cfg = SelectConfig {
+                prefer: Some(pref),
+                ..SelectConfig::default()
+            };
+            let chosen = run_with(&v, 10.0, 1, None, &cfg).chosen;
+            if within {
+                assert_eq!(chosen, pref);
+            } else {
+                assert_eq!(chosen, free.chosen, "{pref} is {} vs {best}", p.stats.mae());
+            }
+        }
+        // On white noise the last value is far worse than a smoothed level.
+        let lv = free
+            .scores
+            .iter()
+            .find(|s| s.kind == ModelKind::LastValue)
+            .expect("last value");
+        assert!(lv.stats.mae() > best * 1.05);
     }
 
     #[test]
