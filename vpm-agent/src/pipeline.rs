@@ -172,10 +172,15 @@ impl Pipeline {
                 .get(&key)
                 .is_none_or(|t| series.start > t.fed_until + step * 0.5);
             if restart {
-                let onsets = self.cfg.unit_of(&key.resource).and_then(|unit| {
-                    OnsetModel::new(step, self.cfg.onsets.clone())
-                        .ok()
-                        .map(|m| (m, unit))
+                // The onset model outlives a gap (it drops the run the gap
+                // cut) and keeps its days of profile.
+                let kept = self.tracked.remove(&key).and_then(|t| t.onsets);
+                let onsets = kept.or_else(|| {
+                    self.cfg.unit_of(&key.resource).and_then(|unit| {
+                        OnsetModel::new(step, self.cfg.onsets.clone())
+                            .ok()
+                            .map(|m| (m, unit))
+                    })
                 });
                 match SeriesForecaster::new(step, self.cfg.forecaster.clone()) {
                     Ok(f) => {
@@ -407,5 +412,39 @@ mod tests {
         };
         assert_eq!(onset("vfs:0000:01:00.0"), Some(1));
         assert_eq!(onset("cpu"), None, "cpu is not a level series");
+        // The rebound marks the VF bound as a likely rise (with its chance)
+        // where the regression bound counts no VF of its own.
+        let vfs = out
+            .iter()
+            .find(|o| o.key.resource == "vfs:0000:01:00.0")
+            .expect("vfs outlook");
+        assert_eq!(vfs.rises.len(), vfs.forecasts.len());
+        let (f, r) = vfs
+            .forecasts
+            .iter()
+            .zip(&vfs.rises)
+            .find(|(f, _)| f.horizon_s >= 300.0)
+            .expect("a 300 s forecast");
+        let t = p
+            .tracked
+            .iter_mut()
+            .find(|(k, _)| k.resource == "vfs:0000:01:00.0")
+            .map(|(_, t)| t)
+            .expect("tracked");
+        let regression = t
+            .forecaster
+            .bounds_at(f.horizon_s, &[0.95])
+            .and_then(|b| b.first().copied())
+            .unwrap_or(f.upper);
+        assert_eq!(
+            r.is_some(),
+            vf_units(regression) == 0,
+            "{f:?} {r:?} {regression}"
+        );
+        assert!(
+            out.iter()
+                .filter(|o| o.key.resource == "cpu")
+                .all(|o| o.rises.iter().all(Option::is_none))
+        );
     }
 }

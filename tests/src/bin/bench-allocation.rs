@@ -821,7 +821,7 @@ fn render_advice(
          a new spare) finds the second one parked; two spares keep one more VF awake all the \
          time. vpm keeps spares only for the VMs whose chance of a rise passes their class's \
          threshold, and pools them (free VFs are interchangeable: it keeps the fewest awake \
-         for which more VMs rise at once at most 1 − level of the time), so its spares follow \
+         for which the chance that more VMs rise at once is below 1 − level), so its spares follow \
          the forecasts; a rise no forecast announces finds a spare only if another VM's \
          likely rise kept one awake.\n",
         spares.join("; ")

@@ -206,9 +206,11 @@ mod tests {
         let free = run_select(&v, 10.0, 1, None);
         let best = free.chosen_stats().mae();
         for pref in [ModelKind::Combo, ModelKind::LastValue, ModelKind::Ewma] {
-            let Some(p) = free.scores.iter().find(|s| s.kind == pref) else {
-                continue;
-            };
+            let p = free
+                .scores
+                .iter()
+                .find(|s| s.kind == pref)
+                .expect("every candidate runs on 600 points");
             let within = p.stats.mae() <= best * 1.05;
             let cfg = SelectConfig {
                 prefer: Some(pref),

@@ -241,29 +241,31 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
             // Awake for predicted use only: min_vfs keeps VFs created, not awake.
             d.need = d.use_need.saturating_sub(by_address(d.vm)).max(d.held);
         }
-        let mut g = grant(&ds, pool_n);
         // Rises that are only likely share pooled spares (highest priority
-        // first), not one VF each.
+        // first), not one VF each; what pooling saves goes to the others.
+        let first = grant(&ds, pool_n);
         let likely: Vec<(u32, f64, f64)> = ds
             .iter()
-            .zip(&g)
+            .zip(&first)
             .filter_map(|(d, &g)| {
                 let chance = d.peak.and_then(|p| p.rise)?;
                 Some((g, chance, d.class.class.headroom.level()))
             })
             .collect();
-        if !likely.is_empty() {
-            let claims: Vec<(u32, f64)> = likely.iter().map(|l| (l.0, l.1)).collect();
-            let level = likely.iter().map(|l| l.2).fold(0.0, f64::max);
-            let mut left = spares::pooled(&claims, level);
-            for (d, g) in ds.iter().zip(g.iter_mut()) {
-                if d.peak.and_then(|p| p.rise).is_some() {
-                    let take = (*g).min(left);
-                    left -= take;
-                    *g = take;
-                }
+        if likely.is_empty() {
+            return (ds, first);
+        }
+        let claims: Vec<(u32, f64)> = likely.iter().map(|l| (l.0, l.1)).collect();
+        let level = likely.iter().map(|l| l.2).fold(0.0, f64::max);
+        let mut left = spares::pooled(&claims, level);
+        for (d, &g) in ds.iter_mut().zip(&first) {
+            if d.peak.and_then(|p| p.rise).is_some() {
+                let take = g.min(left);
+                left -= take;
+                d.need = d.held.saturating_add(take);
             }
         }
+        let g = grant(&ds, pool_n);
         (ds, g)
     };
     let (wake_demands, wake_grants) = counted(wake_w);

@@ -6,11 +6,12 @@
 //! [`Point::rise`](super::Point::rise)), keeping one awake VF per VM is more
 //! than the chance that they rise *together* calls for. Treating the rises
 //! as independent, the PF keeps the fewest spares `s` for which the chance
-//! that their rises together want more than `s` VFs is at most `1 − level`.
+//! that their rises together want more than `s` VFs is below `1 − level`
+//! (a chance of exactly `1 − level` counts, as it does for one VM).
 
 /// The fewest spares for `claims` (`(VFs the rise takes, its chance)`,
 /// independent) such that more than that many are wanted at once with a
-/// chance of at most `1 − level`. Chances are clamped to `0..=1` (NaN
+/// chance below `1 − level`. Chances are clamped to `0..=1` (NaN
 /// counts as certain); a `level` of 1 or more asks for every VF.
 pub(crate) fn pooled(claims: &[(u32, f64)], level: f64) -> u32 {
     let total = claims
@@ -36,10 +37,12 @@ pub(crate) fn pooled(claims: &[(u32, f64)], level: f64) -> u32 {
     } else {
         (1.0 - level).max(0.0)
     };
+    // A rise exactly 1 − level likely counts (as `OnsetModel::bound` counts
+    // it): stop only below.
     let mut tail = 1.0;
     for (s, d) in dist.iter().enumerate() {
         tail -= d;
-        if tail <= allowed + 1e-12 {
+        if tail < allowed - 1e-12 {
             return u32::try_from(s).unwrap_or(total);
         }
     }
@@ -55,6 +58,7 @@ mod tests {
         assert_eq!(pooled(&[(1, 0.3)], 0.95), 1);
         assert_eq!(pooled(&[(2, 0.3)], 0.95), 2);
         assert_eq!(pooled(&[(2, 0.03)], 0.95), 0, "3 % < 5 %");
+        assert_eq!(pooled(&[(1, 0.2)], 0.8), 1, "exactly 1 − level counts");
         assert_eq!(pooled(&[], 0.95), 0);
     }
 
