@@ -359,33 +359,24 @@ mod tests {
             .chain(std::iter::repeat_n(&0.0, 102))
             .copied()
             .collect();
-        let rows: Vec<Row> = ["vfs:0000:01:00.0", "cpu"]
-            .iter()
-            .flat_map(|r| {
-                values.iter().enumerate().map(move |(i, &v)| Row {
-                    timestamp: start + 10.0 * (i as f64 + 1.0),
-                    vm: "a".into(),
-                    pid: 1,
-                    resource: (*r).into(),
-                    value: v,
-                })
-            })
-            .collect();
+        let row = |i: usize, resource: &str| Row {
+            timestamp: start + 10.0 * (i as f64 + 1.0),
+            vm: "a".into(),
+            pid: 1,
+            resource: resource.into(),
+            value: values[i],
+        };
         let mut p = Pipeline::new(PipelineConfig::agent_default()).expect("pipeline");
-        // Planned every 5 minutes (as the agent may be) (the store keeps only
+        // Planned every 5 minutes (as the agent may be; the store keeps only
         // 15 minutes at full resolution).
         let mut out = Vec::new();
-        for chunk in (0..values.len()).collect::<Vec<_>>().chunks(30) {
-            let tick: Vec<Row> = rows
-                .iter()
-                .filter(|r| {
-                    let i = ((r.timestamp - start) / 10.0).round() as usize - 1;
-                    chunk.contains(&i)
-                })
-                .cloned()
+        for first in (0..values.len()).step_by(30) {
+            let last = (first + 30).min(values.len());
+            let tick: Vec<Row> = (first..last)
+                .flat_map(|i| ["vfs:0000:01:00.0", "cpu"].map(|r| row(i, r)))
                 .collect();
-            let now = start + 10.0 * (chunk[chunk.len() - 1] as f64 + 2.0);
-            p.ingest(&tick, now).expect("ingest");
+            p.ingest(&tick, start + 10.0 * (last as f64 + 1.0))
+                .expect("ingest");
             out = p.forecast();
         }
         p.rebound(&mut out, |_| 0.95);

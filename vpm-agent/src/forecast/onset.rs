@@ -35,9 +35,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{ForecastError, Result};
+use super::{DAY_S, ForecastError, Result};
 
-const DAY_S: f64 = 86_400.0;
 /// Marks a bin without data.
 const NO_DATA: u8 = u8::MAX;
 
@@ -405,6 +404,18 @@ mod tests {
         t
     }
 
+    /// A model at 60 s steps fed 8 cycles of 20 points at 0 then 10 at
+    /// `high`, and the time after them.
+    fn on_off(high: u32) -> (OnsetModel, f64) {
+        let mut m = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
+        let mut t = MONDAY;
+        for _ in 0..8 {
+            t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 20));
+            t = feed(&mut m, t, 60.0, std::iter::repeat_n(high, 10));
+        }
+        (m, t)
+    }
+
     #[test]
     fn weekdays_from_the_epoch() {
         assert_eq!(weekday(day_index(MONDAY)), 0);
@@ -415,14 +426,7 @@ mod tests {
     #[test]
     fn a_regular_cycle_is_foreseen_just_before_it_rises() {
         // 20 min at 0, then 10 min at 2, at 60 s steps, repeated.
-        let mut m = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
-        let cycle: Vec<u32> = std::iter::repeat_n(0, 20)
-            .chain(std::iter::repeat_n(2, 10))
-            .collect();
-        let mut t = MONDAY;
-        for _ in 0..8 {
-            t = feed(&mut m, t, 60.0, cycle.iter().copied());
-        }
+        let (mut m, mut t) = on_off(2);
         // Now 5 min into a run at 0 (the series ended on a run at 2: start one).
         t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 5));
         let early = m.onset(t, 300.0).expect("onset");
@@ -494,13 +498,8 @@ mod tests {
 
     #[test]
     fn a_raised_bound_says_when_only_the_rise_put_it_there() {
-        let mut m = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
-        let mut t = MONDAY;
-        for _ in 0..8 {
-            t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 20));
-            t = feed(&mut m, t, 60.0, std::iter::repeat_n(2, 10));
-        }
-        t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 17));
+        let (mut m, t) = on_off(2);
+        let t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 17));
         // Whole levels as the scheduler counts them (0.2 of slack).
         let whole = |x: f64| (x - 0.2).ceil().max(0.0) as u32;
         // A regression bound of 0.1 counts no unit: the rise to 2 stands alone.
@@ -542,13 +541,8 @@ mod tests {
     #[test]
     fn a_rise_at_the_next_point_is_counted_and_not_one_early() {
         // 20 points at 0, then 10 at 1, at 60 s steps, 8 times.
-        let mut m = OnsetModel::new(60.0, OnsetConfig::default()).expect("model");
-        let mut t = MONDAY;
-        for _ in 0..8 {
-            t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 20));
-            t = feed(&mut m, t, 60.0, std::iter::repeat_n(1, 10));
-        }
-        t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 19));
+        let (mut m, t) = on_off(1);
+        let mut t = feed(&mut m, t, 60.0, std::iter::repeat_n(0, 19));
         // After 19 points the 20th is still at 0.
         assert_eq!(m.onset(t, 60.0).and_then(|o| o.chance), Some(0.0));
         t = feed(&mut m, t, 60.0, [0]);

@@ -113,6 +113,19 @@ fn actions(p: &Plan) -> Vec<Action> {
     p.actions.iter().map(|a| a.action.clone()).collect()
 }
 
+/// The plan's VF count changes.
+fn set_vfs(p: &Plan) -> Vec<Action> {
+    actions(p)
+        .into_iter()
+        .filter(|a| matches!(a, Action::SetVfs { .. }))
+        .collect()
+}
+
+/// One VF count change of [`PF`] to `count`.
+fn resize_to(count: u32) -> Vec<Action> {
+    vec![Action::SetVfs { pf: bdf(PF), count }]
+}
+
 fn reasons(p: &Plan) -> String {
     let mut s: Vec<String> = p
         .actions
@@ -815,18 +828,7 @@ fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
     let mut f = Forecasts::default();
     want_vfs(&mut f, "web-1", &[(300.0, 0.5, 1.0)]);
     let p = plan(NOW, &h, &f, &policy(CLASSES));
-    assert_eq!(
-        actions(&p)
-            .into_iter()
-            .filter(|a| matches!(a, Action::SetVfs { .. }))
-            .collect::<Vec<_>>(),
-        vec![Action::SetVfs {
-            pf: bdf(PF),
-            count: 3
-        }],
-        "{}",
-        reasons(&p)
-    );
+    assert_eq!(set_vfs(&p), resize_to(3), "{}", reasons(&p));
     assert!(
         reasons(&p).contains("keeps the 3 VFs its users held at their peaks"),
         "{}",
@@ -842,13 +844,7 @@ fn a_pool_is_sized_for_the_recent_peak_not_a_quiet_moment() {
         &f,
         &policy(CLASSES),
     );
-    assert!(
-        actions(&p)
-            .iter()
-            .all(|a| !matches!(a, Action::SetVfs { .. })),
-        "{}",
-        reasons(&p)
-    );
+    assert!(set_vfs(&p).is_empty(), "{}", reasons(&p));
 }
 
 #[test]
@@ -863,22 +859,8 @@ fn a_shared_pool_keeps_pool_per_vm_for_each_vm_that_may_use_it() {
     want_vfs(&mut f, "web-1", &[(300.0, 1.0, 1.0)]);
     want_vfs(&mut f, "web-2", &[(300.0, 0.0, 0.0)]);
     want_vfs(&mut f, "batch-1", &[(300.0, 0.0, 0.1)]);
-    let set_vfs = |p: &Plan| {
-        actions(p)
-            .into_iter()
-            .filter(|a| matches!(a, Action::SetVfs { .. }))
-            .collect::<Vec<_>>()
-    };
     let p = plan(NOW, &h, &f, &policy(CLASSES));
-    assert_eq!(
-        set_vfs(&p),
-        vec![Action::SetVfs {
-            pf: bdf(PF),
-            count: 3
-        }],
-        "{}",
-        reasons(&p)
-    );
+    assert_eq!(set_vfs(&p), resize_to(3), "{}", reasons(&p));
     assert!(
         reasons(&p).contains("1 VF for each of the 3 VMs that may use it"),
         "{}",
@@ -890,27 +872,11 @@ fn a_shared_pool_keeps_pool_per_vm_for_each_vm_that_may_use_it() {
         &f,
         &policy(&format!("[plan]\npool_per_vm = 0\n{CLASSES}")),
     );
-    assert_eq!(
-        set_vfs(&p),
-        vec![Action::SetVfs {
-            pf: bdf(PF),
-            count: 1
-        }],
-        "{}",
-        reasons(&p)
-    );
+    assert_eq!(set_vfs(&p), resize_to(1), "{}", reasons(&p));
     // Capped by the PF.
     let h = host(vec![pf(2, vec![])], vec![], &vms);
     let p = plan(NOW, &h, &f, &policy(CLASSES));
-    assert_eq!(
-        set_vfs(&p),
-        vec![Action::SetVfs {
-            pf: bdf(PF),
-            count: 2
-        }],
-        "{}",
-        reasons(&p)
-    );
+    assert_eq!(set_vfs(&p), resize_to(2), "{}", reasons(&p));
 }
 
 #[test]
