@@ -74,8 +74,14 @@ impl Env {
 
     /// Runs `vpm ARGS --policy P --state-dir S`.
     fn vpm(&self, args: &[&str]) -> Output {
+        self.vpm_env(args, &[])
+    }
+
+    /// Runs `vpm ARGS --policy P --state-dir S` with `envs` set.
+    fn vpm_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         let out = Command::new(bin("vpm"))
             .args(args)
+            .envs(envs.iter().copied())
             .arg("--policy")
             .arg(self.policy())
             .arg("--state-dir")
@@ -361,6 +367,38 @@ fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
     assert_eq!(holders(vf), vec![vm.pid()]);
     env.vpm_ok(&["vm", "detach", "inner-a", &vfs, "--apply"]);
     assert!(holders(vf).is_empty());
+
+    // A crash after `device_add`, before the read-back was journaled: the
+    // next acting start reconciles the attach with the VFIO holders and the
+    // VM's monitor (its QOM tree and `query-pci`), and does not re-apply it.
+    let out = env.vpm_env(
+        &["vm", "attach", "inner-a", &vfs, "--apply"],
+        &[("VPM_FAILPOINT", "after-apply")],
+    );
+    assert!(!out.status.success());
+    assert_eq!(holders(vf), vec![vm.pid()]);
+    let out = env.vpm(&["vm", "detach", "inner-a", &vfs, "--apply"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = vpm::connect::device_id(vf);
+    assert!(
+        err.contains("was interrupted by a restart; it had taken effect")
+            && err.contains(&format!(
+                "its monitor lists it as {id} on port rp1, which the guest's PCI tree shows \
+                 (query-pci)"
+            )),
+        "{err}"
+    );
+    assert!(holders(vf).is_empty(), "the detach ran after reconciling");
+    let rec = env
+        .journal()
+        .into_iter()
+        .rfind(|e| e["phase"] == "reconciled")
+        .expect("a reconciled entry");
+    assert_eq!(rec["action"]["action"], "attach");
+    assert_eq!(rec["state"]["in_vm"]["device"], id.as_str());
+    assert_eq!(rec["state"]["in_vm"]["guest_visible"], true);
+    assert_eq!(rec["state"]["holders"][0], vm.pid());
 }
 
 #[test]

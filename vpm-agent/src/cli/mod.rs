@@ -136,7 +136,7 @@ impl ActArgs {
         vpm::executor::check_privileges(&action, self.apply)?;
         // Acting is journaled; an action a crash interrupted is resolved first.
         let mut journal = if self.apply {
-            Some(pci::open_journal(&self.state_dir, &roots)?)
+            Some(pci::open_journal(&self.state_dir, &roots, hotplug)?)
         } else {
             None
         };

@@ -61,21 +61,18 @@ pub fn run(args: &PciArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the journal in `state_dir` and resolves actions a crash interrupted
-/// (said on stderr; nothing is re-applied).
+/// (said on stderr; nothing is re-applied), hot-plug ones with what the VM's
+/// monitor says through `hotplug` too.
 pub(super) fn open_journal(
     state_dir: &std::path::Path,
     roots: &vpm::executor::Roots,
+    hotplug: Option<&dyn vpm::executor::Hotplug>,
 ) -> anyhow::Result<vpm::executor::Journal> {
     let (mut j, entries) = vpm::executor::Journal::open(state_dir)?;
-    for i in j.reconcile(&entries, roots, vpm::units::unix_now())? {
+    for i in j.reconcile(&entries, roots, hotplug, vpm::units::unix_now())? {
         eprintln!(
             "vpm: journal: `{}` was interrupted by a restart; it {}",
-            i.intent.action,
-            if i.took_effect {
-                "had taken effect"
-            } else {
-                "had not taken effect (not re-applied)"
-            }
+            i.intent.action, i.note
         );
     }
     Ok(j)

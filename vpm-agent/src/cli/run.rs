@@ -118,35 +118,31 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         dev: PathBuf::from("/dev"),
     };
     let hotplug = policy.as_ref().map(|p| p.hotplug.clone());
-    let (mut controller, interrupted) = vpm::control::Controller::new(
+    if let Some(demand) = hotplug.as_ref().and_then(|h| h.demand.as_ref()) {
+        log::info!(
+            "hot-plug: VMs of classes with hotplug = true get VFs over QMP as their forecast \
+             {demand} asks ({} per VF)",
+            hotplug.as_ref().map_or(1.0, |h| h.per_vf)
+        );
+    }
+    let (controller, interrupted) = vpm::control::Controller::new(
         Box::new(backend),
         policy,
+        hotplug.map(|settings| {
+            Box::new(vpm::connect::QmpHotplug::new(
+                &args.collect.proc_root,
+                settings,
+            )) as Box<dyn vpm::executor::Hotplug + Send>
+        }),
         args.apply,
         &args.state_dir,
         vpm::executor::ApplyOptions::default(),
     )?;
-    if let Some(settings) = hotplug {
-        if let Some(demand) = &settings.demand {
-            log::info!(
-                "hot-plug: VMs of classes with hotplug = true get VFs over QMP as their \
-                 forecast {demand} asks ({} per VF)",
-                settings.per_vf
-            );
-        }
-        controller.set_hotplug(Box::new(vpm::connect::QmpHotplug::new(
-            &args.collect.proc_root,
-            settings,
-        )));
-    }
     for i in interrupted {
         log::warn!(
             "journal: `{}` was interrupted by a restart; it {}",
             i.intent.action,
-            if i.took_effect {
-                "had taken effect"
-            } else {
-                "had not taken effect (not re-applied)"
-            }
+            i.note
         );
     }
     let monitor = Monitor::start(&args.collect.monitor_options())?;
@@ -175,6 +171,7 @@ fn run_demo(args: &RunArgs) -> anyhow::Result<()> {
     let (controller, _) = vpm::control::Controller::new(
         Box::new(Arc::clone(&sim)),
         Some(policy),
+        None,
         true,
         &args.export_dir.join("demo-state"),
         vpm::executor::ApplyOptions::default(),

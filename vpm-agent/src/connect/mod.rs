@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::executor::{Attachment, Hotplug, HotplugError, VmFacts, VmRef};
+use crate::executor::{Attachment, Hotplug, HotplugError, InVm, VmFacts, VmRef};
 use crate::hal::Bdf;
 use crate::identity::{self, VmIdentity, Vmm, cmdline};
 use crate::policy::HotplugSettings;
@@ -244,6 +244,35 @@ impl Hotplug for QmpHotplug {
             })
         })?
     }
+
+    fn in_vm(&self, vm: &VmRef, vf: Bdf) -> Result<InVm, String> {
+        let path = self.socket(vm).map_err(|e| e.to_string())?;
+        let timeout = self.query_timeout();
+        block(|| async {
+            let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
+            in_vm(&mut q, vf).await.map_err(qmp_err)
+        })
+        .and_then(|r| r)
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What the VM behind `q` says of `vf`: the device its QOM tree has for it
+/// and whether the guest's PCI tree (`query-pci`) shows that device.
+pub async fn in_vm(q: &mut Qmp, vf: Bdf) -> Result<InVm, QmpError> {
+    let Some(a) = attachments(q).await?.into_iter().find(|a| a.vf == vf) else {
+        return Ok(InVm {
+            device: None,
+            port: None,
+            guest_visible: false,
+        });
+    };
+    let visible = q.query_pci().await?.iter().any(|d| d.qdev_id == a.id);
+    Ok(InVm {
+        device: Some(a.id),
+        port: a.port,
+        guest_visible: visible,
+    })
 }
 
 /// The VFIO devices plugged into the VM behind `q` (`/machine/peripheral`

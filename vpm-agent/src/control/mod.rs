@@ -99,12 +99,16 @@ const MAX_PENDING: usize = 100_000;
 
 impl Controller {
     /// A controller acting on `backend` under `policy` (`None`: no policy file,
-    /// so it manages nothing and only recommends). With `apply`, actions are
-    /// carried out and journaled in `state_dir`, and an action a crash
-    /// interrupted is reconciled first (returned).
+    /// so it manages nothing and only recommends), connecting VFs to VMs
+    /// through `hotplug` when given (the policy's `[hotplug] demand` and
+    /// classes with `hotplug = true` say which and when). With `apply`,
+    /// actions are carried out and journaled in `state_dir`, and an action a
+    /// crash interrupted is reconciled first (returned), hot-plug ones with
+    /// what the VM's monitor says too.
     pub fn new(
         backend: Box<dyn PciBackend + Send>,
         policy: Option<Policy>,
+        hotplug: Option<Box<dyn Hotplug + Send>>,
         apply: bool,
         state_dir: &Path,
         opts: ApplyOptions,
@@ -112,7 +116,12 @@ impl Controller {
         let mut interrupted = Vec::new();
         let journal = if apply {
             let (mut j, entries) = Journal::open(state_dir)?;
-            interrupted = j.reconcile(&entries, backend.as_ref(), crate::units::unix_now())?;
+            interrupted = j.reconcile(
+                &entries,
+                backend.as_ref(),
+                hotplug.as_deref().map(|h| h as &dyn Hotplug),
+                crate::units::unix_now(),
+            )?;
             Some(j)
         } else {
             None
@@ -131,18 +140,12 @@ impl Controller {
                 plan: None,
                 plans: Vec::new(),
                 records: Vec::new(),
-                hotplug: None,
+                hotplug,
                 attached_since: BTreeMap::new(),
                 warned: BTreeSet::new(),
             },
             interrupted,
         ))
-    }
-
-    /// Connects VFs to VMs through `hv` (the policy's `[hotplug] demand`
-    /// and classes with `hotplug = true` say which and when).
-    pub fn set_hotplug(&mut self, hv: Box<dyn Hotplug + Send>) {
-        self.hotplug = Some(hv);
     }
 
     /// Asks the hypervisor what is hot-plugged into each VM that takes part
@@ -389,7 +392,7 @@ mod tests {
             write_timeout: std::time::Duration::from_secs(1),
             settle_timeout: std::time::Duration::from_millis(50),
         };
-        Controller::new(Box::new(sim), Some(policy), apply, dir, opts)
+        Controller::new(Box::new(sim), Some(policy), None, apply, dir, opts)
             .unwrap()
             .0
     }
@@ -454,7 +457,8 @@ mod tests {
         let sim = SimPci::new();
         sim.add_pf(pf, 4, Some("nvme"));
         let opts = ApplyOptions::default();
-        let (mut c, _) = Controller::new(Box::new(sim), None, true, dir.path(), opts).unwrap();
+        let (mut c, _) =
+            Controller::new(Box::new(sim), None, None, true, dir.path(), opts).unwrap();
         assert!(!c.managing());
         c.observe(1000.0, &vms).unwrap();
         assert!(

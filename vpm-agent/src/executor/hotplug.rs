@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::action::{Action, VmRef};
 use super::apply::{ApplyError, ApplyOptions, Step, wait_for};
@@ -52,6 +52,21 @@ pub struct VmFacts {
     pub attached: Vec<Attachment>,
 }
 
+/// What a VM's hypervisor says of one VF: read when an attach or detach a
+/// restart interrupted is reconciled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InVm {
+    /// The qdev id under which the VM's monitor lists the VF (QOM), if it
+    /// does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The port it sits on, when the topology shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Whether the guest's PCI tree shows that device (QMP `query-pci`).
+    pub guest_visible: bool,
+}
+
 /// The hypervisor side of hot-plug: QMP for real VMs
 /// ([`connect::QmpHotplug`](crate::connect::QmpHotplug)), a simulation for
 /// the demo and replays.
@@ -65,6 +80,19 @@ pub trait Hotplug {
     /// Unplugs `vf` from `vm`; returns once the hypervisor confirms it is
     /// gone (QMP: `DEVICE_DELETED`).
     fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError>;
+    /// What `vm`'s hypervisor says of `vf` now; `Err` says why it could
+    /// not be asked. By default from [`vm_facts`](Self::vm_facts), taking
+    /// a listed device as visible to the guest.
+    fn in_vm(&self, vm: &VmRef, vf: Bdf) -> Result<InVm, String> {
+        let facts = self.vm_facts(vm);
+        facts.monitor?;
+        let a = facts.attached.into_iter().find(|a| a.vf == vf);
+        Ok(InVm {
+            guest_visible: a.is_some(),
+            port: a.as_ref().and_then(|a| a.port.clone()),
+            device: a.map(|a| a.id),
+        })
+    }
 }
 
 /// A hypervisor-side failure.

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::action::Action;
+use super::action::{Action, VmRef};
+use super::hotplug::{Hotplug, InVm};
 use crate::hal::{Bdf, HalError, PciBackend, PowerControl, PowerState};
 
 /// vpm's default state directory.
@@ -61,6 +62,10 @@ pub struct DeviceState {
     /// The processes holding it through VFIO.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<u32>,
+    /// What the VM's monitor says of the VF (an attach or detach reconciled
+    /// on start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_vm: Option<InVm>,
 }
 
 impl DeviceState {
@@ -73,10 +78,23 @@ impl DeviceState {
             power_control: f.power_control.as_ref().map(|c| c.to_string()),
             power_state: f.power_state.as_ref().map(|s| s.to_string()),
             holders: sys.holders(&f)?.iter().map(|h| h.pid).collect(),
+            in_vm: None,
         })
     }
 
-    /// Whether this state is what `action` sets out to reach.
+    /// Who holds `vf`, said for a hot-plug action on `vm`.
+    pub fn holder_text(&self, vm: &VmRef, vf: Bdf) -> String {
+        if self.holders.contains(&vm.pid) {
+            format!("{vf} is attached to {vm}: its process holds it")
+        } else if self.holders.is_empty() {
+            format!("{vf} is not attached to any VM (no VFIO holder)")
+        } else {
+            format!("{vf} is held by pid(s) {:?}", self.holders)
+        }
+    }
+
+    /// Whether this state is what `action` sets out to reach (for a hot-plug
+    /// action, by the VFIO holders and, when asked, the VM's monitor too).
     pub fn satisfies(&self, action: &Action) -> bool {
         match action {
             &Action::SetVfs { count, .. } => self.num_vfs == Some(count),
@@ -88,8 +106,14 @@ impl DeviceState {
                 self.power_control.as_deref() == Some(PowerControl::On.as_str())
                     && self.power_state.as_deref() == Some(&PowerState::D0.to_string())
             }
-            Action::Attach { vm, .. } => self.holders.contains(&vm.pid),
-            Action::Detach { vm, .. } => !self.holders.contains(&vm.pid),
+            Action::Attach { vm, .. } => {
+                self.holders.contains(&vm.pid)
+                    && self.in_vm.as_ref().is_none_or(|v| v.device.is_some())
+            }
+            Action::Detach { vm, .. } => {
+                !self.holders.contains(&vm.pid)
+                    && self.in_vm.as_ref().is_none_or(|v| v.device.is_none())
+            }
         }
     }
 }
@@ -157,6 +181,8 @@ pub struct Interrupted {
     pub state: Option<DeviceState>,
     /// Whether the action had taken effect.
     pub took_effect: bool,
+    /// What reconciliation found, in words (also the journal's note).
+    pub note: String,
 }
 
 impl Journal {
@@ -221,39 +247,105 @@ impl Journal {
         Ok(seq)
     }
 
-    /// Finds intents without an outcome, compares them with `/sys`, and writes
-    /// a `reconciled` entry for each. Nothing is re-applied.
+    /// Finds intents without an outcome, compares them with `/sys` (and,
+    /// for an attach or detach, with what the VM's monitor says through
+    /// `vms`: its QOM tree and `query-pci`), and writes a `reconciled` entry
+    /// for each. Nothing is re-applied.
     pub fn reconcile(
         &mut self,
         entries: &[Entry],
         sys: &dyn PciBackend,
+        vms: Option<&dyn Hotplug>,
         time: f64,
     ) -> Result<Vec<Interrupted>, JournalError> {
         let mut found = Vec::new();
         for intent in interrupted(entries) {
-            let state = DeviceState::read(sys, intent.action.target()).ok();
+            let vf = intent.action.target();
+            let mut state = DeviceState::read(sys, vf).ok();
+            let mut asked = None;
+            if let (Some(vm), Some(hv), Some(s)) = (intent.action.vm(), vms, state.as_mut()) {
+                match hv.in_vm(vm, vf) {
+                    Ok(v) => s.in_vm = Some(v),
+                    Err(e) => asked = Some(e),
+                }
+            }
             let took_effect = state.as_ref().is_some_and(|s| s.satisfies(&intent.action));
-            let note = match (&state, took_effect) {
-                (None, _) => "device gone".to_owned(),
-                (Some(_), true) => "had taken effect before the restart".to_owned(),
-                (Some(_), false) => "had not taken effect; not re-applied".to_owned(),
-            };
+            let note = reconcile_note(&intent.action, state.as_ref(), took_effect, asked);
             self.append(&Entry {
                 seq: intent.seq,
                 time,
                 phase: Phase::Reconciled,
                 action: intent.action.clone(),
                 state: state.clone(),
-                note: Some(note),
+                note: Some(note.clone()),
             })?;
             found.push(Interrupted {
                 intent,
                 state,
                 took_effect,
+                note,
             });
         }
         Ok(found)
     }
+}
+
+/// What reconciling `action` found: whether it had taken effect and, for a
+/// hot-plug action, what the holders and the VM's monitor say (`unasked`:
+/// why the monitor could not be asked).
+fn reconcile_note(
+    action: &Action,
+    state: Option<&DeviceState>,
+    took_effect: bool,
+    unasked: Option<String>,
+) -> String {
+    let Some(state) = state else {
+        return "device gone".to_owned();
+    };
+    let verdict = if took_effect {
+        "had taken effect before the restart"
+    } else {
+        "had not taken effect; not re-applied"
+    };
+    let Some(vm) = action.vm() else {
+        return verdict.to_owned();
+    };
+    let vf = action.target();
+    let held = state.holder_text(vm, vf);
+    let monitor = match (&state.in_vm, unasked) {
+        (_, Some(why)) => format!("its monitor could not be asked ({why})"),
+        (None, None) => "its monitor was not asked".to_owned(),
+        (Some(v), None) => match &v.device {
+            None => "its monitor does not list it".to_owned(),
+            Some(id) => format!(
+                "its monitor lists it as {id}{}, which the guest's PCI tree {} (query-pci)",
+                v.port
+                    .as_ref()
+                    .map(|p| format!(" on port {p}"))
+                    .unwrap_or_default(),
+                if v.guest_visible {
+                    "shows"
+                } else {
+                    "does not show yet"
+                }
+            ),
+        },
+    };
+    // Holders and monitor disagree: say so; vpm never touches a held VF and
+    // plans again from what it finds.
+    let split = match (&state.in_vm, state.holders.contains(&vm.pid)) {
+        (Some(InVm { device: None, .. }), true) => {
+            "; half done: the VF stays as it is (vpm never takes a held VF)"
+        }
+        (
+            Some(InVm {
+                device: Some(_), ..
+            }),
+            false,
+        ) => "; half done: QEMU has the device but has not opened the VF",
+        _ => "",
+    };
+    format!("{verdict}: {held}, and {monitor}{split}")
 }
 
 /// Intents in `entries` with no later outcome of the same sequence number.
@@ -396,7 +488,7 @@ mod tests {
             proc: tree.dir.path().join("proc"),
             dev: tree.dir.path().join("dev"),
         };
-        let found = j.reconcile(&entries, &roots, 10.0).unwrap();
+        let found = j.reconcile(&entries, &roots, None, 10.0).unwrap();
         assert_eq!(found.len(), 3);
         assert!(found[0].took_effect);
         assert!(!found[1].took_effect);
@@ -410,6 +502,169 @@ mod tests {
         // Reconciled once: a second start finds nothing.
         drop(j);
         let (mut j, entries) = Journal::open(dir.path()).unwrap();
-        assert!(j.reconcile(&entries, &roots, 11.0).unwrap().is_empty());
+        assert!(
+            j.reconcile(&entries, &roots, None, 11.0)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A hypervisor whose monitor lists what `listed` says, or cannot be
+    /// asked (`None`).
+    struct FakeVm {
+        listed: Option<Vec<(Bdf, bool)>>,
+    }
+
+    impl Hotplug for FakeVm {
+        fn vm_facts(&self, _: &VmRef) -> super::super::VmFacts {
+            unreachable!("reconcile asks in_vm only")
+        }
+        fn attach(
+            &self,
+            _: &VmRef,
+            _: Bdf,
+        ) -> Result<super::super::Attachment, super::super::HotplugError> {
+            unreachable!("reconcile never acts")
+        }
+        fn detach(&self, _: &VmRef, _: Bdf) -> Result<(), super::super::HotplugError> {
+            unreachable!("reconcile never acts")
+        }
+        fn in_vm(&self, _: &VmRef, vf: Bdf) -> Result<InVm, String> {
+            let listed = self.listed.as_ref().ok_or("connection refused")?;
+            Ok(match listed.iter().find(|(b, _)| *b == vf) {
+                Some((_, visible)) => InVm {
+                    device: Some(crate::connect::device_id(vf)),
+                    port: Some("rp1".into()),
+                    guest_visible: *visible,
+                },
+                None => InVm {
+                    device: None,
+                    port: None,
+                    guest_visible: false,
+                },
+            })
+        }
+    }
+
+    #[test]
+    fn an_interrupted_attach_or_detach_is_judged_by_holders_and_the_monitor() {
+        use crate::hal::HolderInfo;
+        use crate::hal::sim::SimPci;
+        let sim = SimPci::new();
+        let pf = bdf("0000:01:00.0");
+        sim.add_pf(pf, 4, Some("nvme"));
+        sim.set_sriov_numvfs(pf, 4, std::time::Duration::from_secs(1))
+            .unwrap();
+        let vm = VmRef {
+            name: "vm-a".into(),
+            pid: 7,
+        };
+        let vf = |i: u8| Bdf::new(0, 1, 0, i).unwrap();
+        for i in 1..=4 {
+            sim.bind_driver(vf(i), "vfio-pci", std::time::Duration::from_secs(1))
+                .unwrap();
+        }
+        let hold = |b: Bdf| {
+            sim.open(
+                b,
+                HolderInfo {
+                    pid: 7,
+                    comm: "qemu".into(),
+                    vm: Some("vm-a".into()),
+                },
+            )
+            .unwrap()
+        };
+        // 1: attached for both holders and monitor; 2: held, not listed;
+        // 3: listed, not held; 4: neither.
+        hold(vf(1));
+        hold(vf(2));
+        let monitor = FakeVm {
+            listed: Some(vec![(vf(1), true), (vf(3), false)]),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        for i in 1..=4 {
+            let action = Action::Attach {
+                vm: vm.clone(),
+                vf: vf(i),
+            };
+            j.intent(f64::from(i), action).unwrap();
+        }
+        // And detaches: 4 (gone everywhere) and 1 (still there).
+        for i in [4, 1] {
+            let action = Action::Detach {
+                vm: vm.clone(),
+                vf: vf(i),
+            };
+            j.intent(5.0, action).unwrap();
+        }
+        drop(j);
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
+        let found = j.reconcile(&entries, &sim, Some(&monitor), 10.0).unwrap();
+        let took: Vec<bool> = found.iter().map(|i| i.took_effect).collect();
+        assert_eq!(took, vec![true, false, false, false, true, false]);
+        assert!(
+            found[0].note.contains("had taken effect")
+                && found[0]
+                    .note
+                    .contains("0000:01:00.1 is attached to VM vm-a (pid 7): its process holds it")
+                && found[0].note.contains(
+                    "lists it as vpm-0000-01-00-1 on port rp1, which the guest's PCI tree shows"
+                ),
+            "{}",
+            found[0].note
+        );
+        assert!(
+            found[1].note.contains("does not list it") && found[1].note.contains("half done"),
+            "{}",
+            found[1].note
+        );
+        assert!(
+            found[2]
+                .note
+                .contains("not attached to any VM (no VFIO holder)")
+                && found[2].note.contains("does not show yet")
+                && found[2].note.contains("half done"),
+            "{}",
+            found[2].note
+        );
+        assert!(
+            found[3].note.starts_with("had not taken effect"),
+            "{}",
+            found[3].note
+        );
+        // The monitor's answer is journaled with the read-back.
+        let listed = found[0].state.as_ref().unwrap().in_vm.as_ref().unwrap();
+        assert_eq!(listed.device.as_deref(), Some("vpm-0000-01-00-1"));
+        let (_, entries) = Journal::open(dir.path()).unwrap();
+        let rec = entries
+            .iter()
+            .rfind(|e| e.phase == Phase::Reconciled)
+            .unwrap();
+        assert!(rec.state.as_ref().unwrap().in_vm.is_some());
+
+        // A monitor that cannot be asked: holders alone decide, and the note
+        // says why the monitor was not heard.
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let action = Action::Attach {
+            vm: vm.clone(),
+            vf: vf(1),
+        };
+        j.intent(20.0, action).unwrap();
+        drop(j);
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
+        let found = j
+            .reconcile(&entries, &sim, Some(&FakeVm { listed: None }), 21.0)
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(found[0].took_effect);
+        assert!(
+            found[0]
+                .note
+                .contains("its monitor could not be asked (connection refused)"),
+            "{}",
+            found[0].note
+        );
     }
 }

@@ -19,7 +19,7 @@ pub use action::VmRef;
 pub use apply::{ApplyError, ApplyOptions, Step};
 pub use facts::{Facts, Roots};
 pub use guard::Refusal;
-pub use hotplug::{Attachment, Hotplug, HotplugError, VmFacts};
+pub use hotplug::{Attachment, Hotplug, HotplugError, InVm, VmFacts};
 pub use journal::{Journal, JournalError};
 
 use crate::hal::{HalError, PciBackend};
@@ -205,13 +205,7 @@ fn failure_note(action: &Action, e: &ApplyError, state: Option<&journal::DeviceS
     let Some(state) = state else {
         return format!("{e}; {vf} could not be read back");
     };
-    let held = if state.holders.contains(&vm.pid) {
-        format!("{vf} is attached to {vm}: its process holds it")
-    } else if state.holders.is_empty() {
-        format!("{vf} is not attached to any VM (no VFIO holder)")
-    } else {
-        format!("{vf} is held by pid(s) {:?}", state.holders)
-    };
+    let held = state.holder_text(vm, vf);
     format!(
         "{e}; {held}; power_state {}, power/control {}",
         state.power_state.as_deref().unwrap_or("?"),

@@ -335,3 +335,63 @@ fn a_monitor_that_never_greets_is_named_with_the_likely_cause() {
         assert!(err.to_string().contains("another tool connected"), "{err}");
     });
 }
+
+#[test]
+fn in_vm_reads_the_qom_tree_then_query_pci() {
+    rt().block_on(async {
+        let vf: crate::hal::Bdf = "0000:01:00.1".parse().unwrap();
+        let other: crate::hal::Bdf = "0000:01:00.2".parse().unwrap();
+        let list = || {
+            Reply::Lines(vec![
+                r#"{"return": [{"name": "rp1", "type": "child<pcie-root-port>"}, {"name": "vpm-0000-01-00-1", "type": "child<vfio-pci>"}], "id": {id}}"#.into(),
+            ])
+        };
+        let no_anon = || {
+            Reply::Lines(vec![
+                r#"{"error": {"class": "DeviceNotFound", "desc": "Device '/machine/peripheral-anon' not found"}, "id": {id}}"#.into(),
+            ])
+        };
+        let pci = |id: &str| {
+            let pci = json!([{"bus": 0, "devices": [{"bus": 0, "slot": 2, "function": 0,
+                "id": {"vendor": 6966, "device": 12}, "qdev_id": "rp1",
+                "pci_bridge": {"devices": [{"bus": 1, "slot": 0, "function": 0,
+                    "id": {"vendor": 6966, "device": 16}, "qdev_id": id}]}}]}]);
+            Reply::Lines(vec![format!(r#"{{"return": {pci}, "id": {{id}}}}"#)])
+        };
+        let host = || Reply::Lines(vec![r#"{"return": "0000:01:00.1", "id": {id}}"#.into()]);
+        let bus = || {
+            Reply::Lines(vec![
+                r#"{"return": "/machine/peripheral/rp1/rp1.0", "id": {id}}"#.into(),
+            ])
+        };
+        // Listed, and the guest's PCI tree shows it (or not yet).
+        for (shown, visible) in [("vpm-0000-01-00-1", true), ("", false)] {
+            let (_d, path) = serve(vec![
+                ("qmp_capabilities", ok()),
+                ("qom-list", list()),
+                ("qom-get", host()),
+                ("qom-get", bus()),
+                ("qom-list", no_anon()),
+                ("query-pci", pci(shown)),
+            ])
+            .await;
+            let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+            let found = crate::connect::in_vm(&mut q, vf).await.unwrap();
+            assert_eq!(found.device.as_deref(), Some("vpm-0000-01-00-1"));
+            assert_eq!(found.port.as_deref(), Some("rp1"));
+            assert_eq!(found.guest_visible, visible, "query-pci shows {shown:?}");
+        }
+
+        // A VF the VM does not have: not listed, and query-pci is not asked.
+        let (_d, path) = serve(vec![
+            ("qmp_capabilities", ok()),
+            ("qom-list", Reply::Lines(vec![r#"{"return": [], "id": {id}}"#.into()])),
+            ("qom-list", no_anon()),
+        ])
+        .await;
+        let mut q = Qmp::connect(&path, SHORT).await.unwrap();
+        let found = crate::connect::in_vm(&mut q, other).await.unwrap();
+        assert_eq!(found.device, None);
+        assert!(!found.guest_visible);
+    });
+}
