@@ -1,7 +1,7 @@
 //! Per-series, per-horizon model selection by rolling-origin backtest.
 //!
 //! Every candidate is backtested on the *same* recent origins
-//! ([`BacktestConfig`]: every point of the newest 288, or of the newest half
+//! ([`BacktestConfig`]: every point of the newest 1440, or of the newest half
 //! of a shorter history; 12 fits of ridge and SES, 3 of the forest); the one
 //! with the lowest MAE wins (equivalently the
 //! lowest WAPE, since the origins are shared), ties to the simpler model
@@ -246,7 +246,10 @@ mod tests {
             };
             assert_eq!(run_with(&v, 10.0, 1, None, &short).chosen, free.chosen);
         }
-        assert!(overruled > 0, "no preference overruled the backtest's winner");
+        assert!(
+            overruled > 0,
+            "no preference overruled the backtest's winner"
+        );
         // On white noise the last value is far worse than a smoothed level.
         let lv = free
             .scores
