@@ -23,7 +23,8 @@
 //!   VMs. A move out of a VM within its `attached_s` needs a receiving class
 //!   with `preempt_dwell`.
 //!
-//! PFs being resized this tick are left alone.
+//! PFs being resized this tick are left alone, and so are VMs that share a
+//! name (forecasts are per name): the plan says so instead.
 
 use std::collections::BTreeSet;
 
@@ -129,9 +130,37 @@ pub(crate) fn plan(
     };
     let dwell = ctx.policy.hotplug.attached_s;
     let (near_w, far_w) = (attach_window(ctx), keep_window(ctx));
+    // Forecasts are per VM name: VMs that share a name share one forecast,
+    // which is right for none of them, so vpm plugs nothing into them and
+    // takes nothing from them, and says so.
     let mut vms: Vec<&VmState> = host.vms.iter().collect();
-    vms.sort_by(|a, b| a.name.cmp(&b.name));
-    vms.dedup_by(|a, b| a.name == b.name);
+    vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
+    let mut shared: Vec<(&str, Vec<u32>)> = Vec::new();
+    for w in vms
+        .chunk_by(|a, b| a.name == b.name)
+        .filter(|w| w.len() > 1)
+    {
+        shared.push((&w[0].name, w.iter().map(|v| v.pid).collect()));
+    }
+    vms.retain(|v| !shared.iter().any(|(n, _)| *n == v.name));
+    for (name, pids) in &shared {
+        let class = ctx.class(name);
+        if !class.class.hotplug {
+            continue;
+        }
+        deferred.push(Deferred {
+            action: None,
+            reason: format!(
+                "{} is the name of {} VMs (pids {pids:?}): vpm forecasts per VM name, so it \
+                 plugs no VF into them and takes none from them; give each VM its own name \
+                 (QEMU -name)",
+                vm_label(name, class),
+                pids.len()
+            ),
+            vm: Some((*name).to_owned()),
+            priority: class.class.priority,
+        });
+    }
     let mut claims: Vec<Claim<'_>> = vms
         .into_iter()
         .filter_map(|vm| {

@@ -343,3 +343,63 @@ fn with_give_back_contention_a_vf_stays_until_another_vm_needs_it() {
         reasons(&p)
     );
 }
+
+#[test]
+fn vms_that_share_a_name_get_no_hot_plug_and_the_plan_says_why() {
+    let mut f = Forecasts::default();
+    // One forecast for the name "web-1", though two VMs carry it: busy, so
+    // it would want a VF; idle, so a VF vpm plugged into one would go back.
+    cpu(&mut f, "web-1", IDLE);
+    cpu(&mut f, "lo-1", BUSY);
+    let host = hp_host(
+        vec![
+            dev(vf_bdf(1)),
+            dev(vf_bdf(2)),
+            dev(vf_bdf(3)).held_by("web-1"),
+        ],
+        vec![
+            vm("web-1", 43, &[(vf_bdf(3), true, 600.0)]),
+            vm("web-1", 42, &[]),
+            vm("lo-1", 7, &[]),
+        ],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    // The other VM is planned as usual; nothing touches either web-1.
+    let hot: Vec<Action> = actions(&p)
+        .into_iter()
+        .filter(|a| a.vm().is_some())
+        .collect();
+    assert_eq!(
+        hot,
+        vec![Action::Attach {
+            vm: r("lo-1", 7),
+            vf: vf_bdf(1)
+        }],
+        "{}",
+        reasons(&p)
+    );
+    let why: Vec<&str> = p
+        .deferred
+        .iter()
+        .filter(|d| d.vm.as_deref() == Some("web-1"))
+        .map(|d| d.reason.as_str())
+        .collect();
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(
+        why[0].contains("VM web-1 (hi) is the name of 2 VMs (pids [42, 43])")
+            && why[0].contains("give each VM its own name"),
+        "{}",
+        why[0]
+    );
+
+    // Busy: still no attach for either.
+    cpu(&mut f, "web-1", BUSY);
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert!(
+        !actions(&p)
+            .iter()
+            .any(|a| matches!(a, Action::Attach { vm, .. } | Action::Detach { vm, .. } if vm.name == "web-1")),
+        "{}",
+        reasons(&p)
+    );
+}
