@@ -396,6 +396,10 @@ impl ForecastThread {
                             // Plans use each VM's class headroom, not the
                             // exports' fixed level.
                             pipeline.rebound(&mut outlook, |vm| controller.headroom_level(vm));
+                            // How long the data waited for this plan (queued
+                            // rows, forecasting): devices are woken that much
+                            // earlier.
+                            controller.note_reaction(unix_now() - t);
                             let plan = controller.step(t, &outlook);
                             let plan = serde_json::to_value(plan).unwrap_or_default();
                             let host = serde_json::to_value(controller.host()).unwrap_or_default();

@@ -9,7 +9,7 @@
 pub mod csv;
 pub mod observe;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
 use serde::Serialize;
@@ -92,10 +92,15 @@ pub struct Controller {
     attached_since: BTreeMap<(String, crate::hal::Bdf), f64>,
     /// VMs whose monitor problem was already logged.
     warned: BTreeSet<String>,
+    /// The latest reaction times ([`note_reaction`](Self::note_reaction)).
+    reactions: VecDeque<f64>,
 }
 
 /// Most plans and action records kept between exports.
 const MAX_PENDING: usize = 100_000;
+
+/// Reaction times kept; the plan counts on the slowest of them.
+const REACTIONS: usize = 32;
 
 impl Controller {
     /// A controller acting on `backend` under `policy` (`None`: no policy file,
@@ -143,6 +148,7 @@ impl Controller {
                 hotplug,
                 attached_since: BTreeMap::new(),
                 warned: BTreeSet::new(),
+                reactions: VecDeque::new(),
             },
             interrupted,
         ))
@@ -249,6 +255,20 @@ impl Controller {
             .collect())
     }
 
+    /// Records how long the agent took from the data of a plan (`now` of
+    /// [`step`](Self::step)) until it could plan: forecasting under load, a
+    /// slow host. Plans wake devices earlier by the slowest of the latest
+    /// 32 ([`HostState::reaction_s`]), so a wake that waits for them still
+    /// comes before the use. Negative or non-finite values are ignored.
+    pub fn note_reaction(&mut self, seconds: f64) {
+        if seconds.is_finite() && seconds >= 0.0 {
+            if self.reactions.len() == REACTIONS {
+                self.reactions.pop_front();
+            }
+            self.reactions.push_back(seconds);
+        }
+    }
+
     /// Plans from `outlook` and carries the plan out (or records the dry run).
     pub fn step(&mut self, now: f64, outlook: &[SeriesOutlook]) -> &Plan {
         let mut forecasts = Forecasts::default();
@@ -256,6 +276,7 @@ impl Controller {
             forecasts.add_with_rises(&o.key.vm, &o.key.resource, &o.forecasts, &o.rises);
         }
         self.refresh_hotplug(now);
+        self.host.reaction_s = self.reactions.iter().copied().fold(0.0, f64::max);
         let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
         for planned in &plan.actions {
             let before = self.pool_size(&planned.action);
@@ -431,6 +452,32 @@ mod tests {
         let csv = csv::actions(&records);
         assert!(csv.starts_with(csv::ACTIONS_HEADER));
         assert!(csv.contains(",set-vfs,0000:01:00.0,2,web,"), "{csv}");
+    }
+
+    #[test]
+    fn plans_count_on_the_slowest_of_the_latest_reaction_times() {
+        let sim = SimPci::new();
+        sim.add_pf(bdf("0000:01:00.0"), 4, Some("nvme"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = controller(sim, false, dir.path());
+        let vms = [("web".to_owned(), 11)];
+        c.observe(1000.0, &vms).unwrap();
+        c.step(1000.0, &[]);
+        assert_eq!(c.host().reaction_s, 0.0, "none measured");
+        c.note_reaction(2.5);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            c.note_reaction(bad);
+        }
+        c.note_reaction(0.1);
+        c.step(1001.0, &[]);
+        assert_eq!(c.host().reaction_s, 2.5);
+        // The slow one ages out after 32 more.
+        for _ in 0..32 {
+            c.note_reaction(0.2);
+        }
+        c.observe(1002.0, &vms).unwrap();
+        c.step(1002.0, &[]);
+        assert_eq!(c.host().reaction_s, 0.2);
     }
 
     #[test]

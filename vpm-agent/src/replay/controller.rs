@@ -573,6 +573,7 @@ mod tests {
             }],
             devices: Vec::new(),
             vms: vec![VmState::named("a")],
+            reaction_s: 0.0,
         }
     }
 

@@ -527,6 +527,8 @@ impl SimHost {
                     }),
                 })
                 .collect(),
+            // The replay's controllers act at once.
+            reaction_s: 0.0,
         })
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     /// The PF whose pool serves hot-plug demand: the allowed PF with the
     /// lowest address.
     pub(crate) hotplug_pf: Option<Bdf>,
+    /// The agent's reaction time ([`HostState::reaction_s`]), seconds.
+    pub(crate) reaction_s: f64,
 }
 
 impl<'a> Ctx<'a> {
@@ -48,6 +50,9 @@ impl<'a> Ctx<'a> {
                 .filter(|p| policy.devices.allows(&p.candidate()))
                 .map(|p| p.bdf)
                 .min(),
+            reaction_s: Some(host.reaction_s)
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .unwrap_or(0.0),
         }
     }
 
@@ -85,6 +90,12 @@ impl<'a> Ctx<'a> {
         dev.wake_latency_s
             .filter(|l| l.is_finite() && *l >= 0.0)
             .unwrap_or(self.policy.plan.wake_latency_s)
+    }
+
+    /// How long from a plan until `dev` is awake: the agent's reaction time
+    /// ([`HostState::reaction_s`]) and the device's wake latency.
+    pub(crate) fn wake_lead(&self, dev: &DeviceState) -> f64 {
+        self.reaction_s + self.wake_latency(dev)
     }
 
     /// A device is woken when its use is predicted within this many seconds:

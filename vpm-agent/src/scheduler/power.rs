@@ -49,8 +49,13 @@ impl PowerOutcome {
             _ => format!("{} is in {}", dev.bdf, dev.power),
         };
         let latency = ctx.wake_latency(dev);
+        let reaction = if ctx.reaction_s > 0.0 {
+            format!(", plus {} the agent takes to act", secs(ctx.reaction_s))
+        } else {
+            String::new()
+        };
         let base = format!(
-            "{why}; {state}: wake it ahead of use (wake latency {})",
+            "{why}; {state}: wake it ahead of use (wake latency {}{reaction})",
             secs(latency)
         );
         let dwell = ctx.policy.dwell.parked_s;
@@ -174,7 +179,7 @@ pub(crate) fn device(ctx: &Ctx<'_>, dev: &DeviceState, out: &mut PowerOutcome) {
     if matches!(dev.user, DeviceUse::Process(_) | DeviceUse::Host(_)) {
         return;
     }
-    let latency = ctx.wake_latency(dev);
+    let latency = ctx.wake_lead(dev);
     let wake_w = ctx.wake_window(latency);
     let keep_w = ctx.keep_window(latency);
     let rate = ctx.policy.plan.active_rate;
@@ -208,7 +213,7 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
     if free.is_empty() {
         return;
     }
-    let latency = free.iter().map(|v| ctx.wake_latency(v)).fold(0.0, f64::max);
+    let latency = free.iter().map(|v| ctx.wake_lead(v)).fold(0.0, f64::max);
     let wake_w = ctx.wake_window(latency);
     let keep_w = ctx.keep_window(latency);
     let rate = ctx.policy.plan.active_rate;

@@ -162,7 +162,12 @@ fn host_state() -> impl Strategy<Value = HostState> {
                         v
                     })
                     .collect();
-                HostState { pfs, devices, vms }
+                HostState {
+                    pfs,
+                    devices,
+                    vms,
+                    reaction_s: 0.0,
+                }
             })
         })
 }

@@ -44,6 +44,7 @@ fn hp_host(vfs: Vec<DeviceState>, vms: Vec<VmState>) -> HostState {
         pfs: vec![pf(4, vfs)],
         devices: Vec::new(),
         vms,
+        reaction_s: 0.0,
     }
 }
 

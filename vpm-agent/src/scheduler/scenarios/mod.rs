@@ -88,6 +88,7 @@ fn host(pfs: Vec<PfState>, devices: Vec<DeviceState>, vms: &[&str]) -> HostState
         pfs,
         devices,
         vms: vms.iter().map(|n| VmState::named(*n)).collect(),
+        reaction_s: 0.0,
     }
 }
 
@@ -433,6 +434,39 @@ fn the_preference_sets_how_early_devices_are_woken() {
     );
     let power = plan(NOW, &h, &f, &policy("[plan]\npreference = \"power\"\n"));
     assert!(power.actions.is_empty(), "{}", reasons(&power));
+}
+
+#[test]
+fn devices_are_woken_earlier_by_the_agents_reaction_time() {
+    // Use is predicted 4 s out; the wake window is 0.5 s of latency and half
+    // the 2 s horizon.
+    let mut h = host(vec![], vec![dev(bdf(NIC))], &["web-1"]);
+    let mut f = Forecasts::default();
+    want_device(
+        &mut f,
+        "web-1",
+        bdf(NIC),
+        &[(1.0, 0.0, 0.1), (4.0, 20.0, 40.0)],
+    );
+    let pol = policy(
+        "[plan]
+horizon_s = 2
+wake_latency_s = 0.5
+",
+    );
+    let prompt = plan(NOW, &h, &f, &pol);
+    assert!(prompt.actions.is_empty(), "{}", reasons(&prompt));
+    // An agent that takes 3 s from its data to acting wakes it now.
+    h.reaction_s = 3.0;
+    let slow = plan(NOW, &h, &f, &pol);
+    assert_eq!(actions(&slow), vec![Action::Wake { bdf: bdf(NIC) }]);
+    assert!(
+        slow.actions[0]
+            .reason
+            .contains("wake it ahead of use (wake latency 0.5 s, plus 3 s the agent takes to act)"),
+        "{}",
+        reasons(&slow)
+    );
 }
 
 #[test]
