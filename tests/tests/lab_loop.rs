@@ -2,7 +2,8 @@
 //! --apply` in the lab guest with a VMM-like process that uses a VF on a fixed
 //! schedule through VFIO. vpm must learn the schedule and act ahead of it:
 //! the VF pool exists before the first use, the VF is parked between uses and
-//! woken ahead of (some) onsets, and the VF count never changes under an open VF.
+//! woken ahead of onsets (at least two thirds of the late ones find it
+//! ready), and the VF count never changes under an open VF.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -206,10 +207,9 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
         }
     }
     // Acting ahead: between two uses the VF was parked, and before some
-    // onsets vpm woke it again, so the VM found it in D0. Today's calibrated upper bounds are marginal over the whole period
-    // (transition residuals widen them in every phase), so vpm does this on
-    // some cycles and keeps the VF awake or wakes it late on others; the
-    // thresholds below are what it must do at least (see the notes).
+    // onsets vpm woke it again, so the VM found it in D0. vpm may also keep
+    // the VF awake through a short gap; the thresholds below are what it
+    // must do at least.
     // Parked between two uses: vpm parked it (journal), or the next use found
     // it in D3hot (vpm left it bound to vfio-pci with power/control=auto, so
     // runtime PM idled it). Woken ahead: vpm woke it between the previous
@@ -242,10 +242,17 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
         parked_between >= 3,
         "parked between {parked_between};\n{agent_log}"
     );
-    // How many late onsets found the VF ready is reported, not asserted: the
-    // more vpm parks between uses, the more a late wake shows as "not ready";
-    // "ready before each use" is not reached yet (see the notes).
     assert!(woken_ahead >= 2, "woken ahead {woken_ahead};\n{agent_log}");
+    // Once the schedule is learnt, most uses find the VF awake: vpm wakes it
+    // earlier by its own reaction time, which under TCG reaches seconds. Not
+    // every one: a reaction slower than the recent ones still wakes late
+    // (measured: 17 of 18 late onsets ready; before the reaction time was
+    // counted, 14).
+    assert!(
+        ready * 3 >= late.len() * 2,
+        "late onsets ready: {ready}/{};\n{agent_log}",
+        late.len()
+    );
 
     let _ = sys.set_sriov_numvfs(pf, 0, Duration::from_secs(60));
 }
