@@ -1245,12 +1245,9 @@ impl AgentParams {
     }
 }
 
-/// The store configuration the reduced agent run uses.
+/// The store configuration the reduced agent run uses: the agent's.
 fn reduced_store_config() -> StoreConfig {
-    StoreConfig {
-        fine_retention_s: PipelineConfig::agent_default().store.fine_retention_s,
-        ..StoreConfig::default()
-    }
+    PipelineConfig::agent_default().store
 }
 
 /// The label of the configuration `vpm run` runs
@@ -1286,12 +1283,24 @@ fn agent_configs(plan: &Plan) -> Vec<AgentParams> {
         env: Vec::new(),
         trim_after_export: false,
     };
+    // What `vpm run` runs: its store and forecaster settings and horizons.
+    // Its selection budget (`selections_per_export`) is not: the budget here
+    // lets every series reselect on its own cadence, which costs at least
+    // as much.
     let agent = PipelineConfig::agent_default();
+    assert_eq!(
+        agent.horizons_s, AGENT_HORIZONS_S,
+        "the bench's horizons are the agent's"
+    );
     let reduced = AgentParams {
         label: AGENT_LABEL.into(),
         fine_retention_s: agent.store.fine_retention_s,
+        coarse_retention_s: agent.store.coarse_retention_s,
         history_cap: agent.forecaster.history_cap,
         calibration_window: agent.forecaster.calibration_window,
+        reselect_every: agent.forecaster.reselect_every,
+        ridge_refit_every: agent.forecaster.models.ridge_refit_every,
+        forest_refit_every: agent.forecaster.models.forest_refit_every,
         ..base.clone()
     };
     let lean = AgentParams {

@@ -276,7 +276,7 @@ async fn agent(
         let now = tokio::time::Instant::now();
         if now >= next_plan {
             next_plan = now + args.plan_interval;
-            forecaster.send(Msg::Plan(unix_now()));
+            forecaster.send(Msg::Plan(unix_now(), std::time::Instant::now()));
         }
         if now >= next_export {
             next_export = now + args.export_interval;
@@ -330,8 +330,8 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
 enum Msg {
     /// A tick's rows, and its time.
     Rows(Vec<long::Row>, f64),
-    /// Plan (and act, with --apply) at this time.
-    Plan(f64),
+    /// Plan (and act, with --apply) at this time, asked at this instant.
+    Plan(f64, std::time::Instant),
     /// History to learn from before the first tick (the demo's scripted past).
     Preload(Vec<long::Row>, f64),
     /// Export forecasts stamped with this time.
@@ -391,15 +391,16 @@ impl ForecastThread {
                                 log::error!("{:#}", anyhow::Error::new(e));
                             }
                         }
-                        Msg::Plan(t) => {
+                        Msg::Plan(t, asked) => {
                             let mut outlook = pipeline.forecast();
                             // Plans use each VM's class headroom, not the
                             // exports' fixed level.
                             pipeline.rebound(&mut outlook, |vm| controller.headroom_level(vm));
                             // How long the data waited for this plan (queued
-                            // rows, forecasting): devices are woken that much
+                            // rows, forecasting; a monotonic clock, so a clock
+                            // step is not a delay): devices are woken that much
                             // earlier.
-                            controller.note_reaction(unix_now() - t);
+                            controller.note_reaction(asked.elapsed().as_secs_f64());
                             let plan = controller.step(t, &outlook);
                             let plan = serde_json::to_value(plan).unwrap_or_default();
                             let host = serde_json::to_value(controller.host()).unwrap_or_default();

@@ -258,20 +258,20 @@ impl Hotplug for QmpHotplug {
 }
 
 /// What the VM behind `q` says of `vf`: the device its QOM tree has for it
-/// and whether the guest's PCI tree (`query-pci`) shows that device.
+/// and whether QEMU's PCI bus (`query-pci`) lists that device.
 pub async fn in_vm(q: &mut Qmp, vf: Bdf) -> Result<InVm, QmpError> {
     let Some(a) = attachments(q).await?.into_iter().find(|a| a.vf == vf) else {
         return Ok(InVm {
             device: None,
             port: None,
-            guest_visible: false,
+            on_bus: false,
         });
     };
     let visible = q.query_pci().await?.iter().any(|d| d.qdev_id == a.id);
     Ok(InVm {
         device: Some(a.id),
         port: a.port,
-        guest_visible: visible,
+        on_bus: visible,
     })
 }
 

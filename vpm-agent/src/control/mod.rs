@@ -94,6 +94,8 @@ pub struct Controller {
     warned: BTreeSet<String>,
     /// The latest reaction times ([`note_reaction`](Self::note_reaction)).
     reactions: VecDeque<f64>,
+    /// Whether a reaction time past the horizon was logged.
+    reaction_warned: bool,
 }
 
 /// Most plans and action records kept between exports.
@@ -149,6 +151,7 @@ impl Controller {
                 attached_since: BTreeMap::new(),
                 warned: BTreeSet::new(),
                 reactions: VecDeque::new(),
+                reaction_warned: false,
             },
             interrupted,
         ))
@@ -258,8 +261,9 @@ impl Controller {
     /// Records how long the agent took from the data of a plan (`now` of
     /// [`step`](Self::step)) until it could plan: forecasting under load, a
     /// slow host. Plans wake devices earlier by the slowest of the latest
-    /// 32 ([`HostState::reaction_s`]), so a wake that waits for them still
-    /// comes before the use. Negative or non-finite values are ignored.
+    /// 32 ([`HostState::reaction_s`]), at most the plan horizon (a slower
+    /// agent is said in the log), so a wake that waits for them still comes
+    /// before the use. Negative or non-finite values are ignored.
     pub fn note_reaction(&mut self, seconds: f64) {
         if seconds.is_finite() && seconds >= 0.0 {
             if self.reactions.len() == REACTIONS {
@@ -276,7 +280,17 @@ impl Controller {
             forecasts.add_with_rises(&o.key.vm, &o.key.resource, &o.forecasts, &o.rises);
         }
         self.refresh_hotplug(now);
-        self.host.reaction_s = self.reactions.iter().copied().fold(0.0, f64::max);
+        let slowest = self.reactions.iter().copied().fold(0.0, f64::max);
+        let cap = self.policy.plan.horizon_s;
+        if slowest > cap && !self.reaction_warned {
+            self.reaction_warned = true;
+            log::warn!(
+                "vpm took {slowest:.1} s from its data to a plan, more than the plan horizon \
+                 ({cap} s, [plan] horizon_s): devices are woken at most {cap} s early; a host this \
+                 loaded needs a longer horizon or fewer series"
+            );
+        }
+        self.host.reaction_s = slowest.min(cap);
         let plan = scheduler::plan(now, &self.host, &forecasts, &self.policy);
         for planned in &plan.actions {
             let before = self.pool_size(&planned.action);
@@ -478,6 +492,10 @@ mod tests {
         c.observe(1002.0, &vms).unwrap();
         c.step(1002.0, &[]);
         assert_eq!(c.host().reaction_s, 0.2);
+        // At most the plan horizon: waking earlier than it plans for is moot.
+        c.note_reaction(1.0e6);
+        c.step(1003.0, &[]);
+        assert_eq!(c.host().reaction_s, c.policy.plan.horizon_s);
     }
 
     #[test]

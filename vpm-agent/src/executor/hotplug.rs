@@ -63,8 +63,9 @@ pub struct InVm {
     /// The port it sits on, when the topology shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
-    /// Whether the guest's PCI tree shows that device (QMP `query-pci`).
-    pub guest_visible: bool,
+    /// Whether QEMU's PCI bus lists that device (QMP `query-pci`): it is
+    /// realized, whether or not the guest has scanned it yet.
+    pub on_bus: bool,
 }
 
 /// The hypervisor side of hot-plug: QMP for real VMs
@@ -82,13 +83,18 @@ pub trait Hotplug {
     fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError>;
     /// What `vm`'s hypervisor says of `vf` now; `Err` says why it could
     /// not be asked. By default from [`vm_facts`](Self::vm_facts), taking
-    /// a listed device as visible to the guest.
+    /// a listed device as on the bus; this relies on `vm_facts` returning
+    /// `Ok` monitors only with their attachments read, so an implementation
+    /// that reports a monitor it did not ask (as [`QmpHotplug`] does for
+    /// libvirt's) overrides it.
+    ///
+    /// [`QmpHotplug`]: crate::connect::QmpHotplug
     fn in_vm(&self, vm: &VmRef, vf: Bdf) -> Result<InVm, String> {
         let facts = self.vm_facts(vm);
         facts.monitor?;
         let a = facts.attached.into_iter().find(|a| a.vf == vf);
         Ok(InVm {
-            guest_visible: a.is_some(),
+            on_bus: a.is_some(),
             port: a.as_ref().and_then(|a| a.port.clone()),
             device: a.map(|a| a.id),
         })

@@ -12,9 +12,10 @@
 //! ```
 //!
 //! `phase` is `intent` (about to act), `done` (acted; `state` is the read-back),
-//! `failed` (`error` says why; `state` what the device was left in), or
+//! `failed` (`note` says why; `state` what the device was left in), or
 //! `reconciled` (written on start for an intent without an outcome: `state` is
-//! what `/sys` shows and `outcome` whether the action had taken effect). An
+//! what `/sys` shows, and for an attach or detach what the VM's monitor says
+//! in `in_vm`; `note` says whether the action had taken effect). An
 //! interrupted action is never re-applied by the journal: the scheduler plans
 //! again from the real state.
 
@@ -300,7 +301,7 @@ fn reconcile_note(
     unasked: Option<String>,
 ) -> String {
     let Some(state) = state else {
-        return "device gone".to_owned();
+        return "had not taken effect: the device is gone".to_owned();
     };
     let verdict = if took_effect {
         "had taken effect before the restart"
@@ -318,31 +319,27 @@ fn reconcile_note(
         (Some(v), None) => match &v.device {
             None => "its monitor does not list it".to_owned(),
             Some(id) => format!(
-                "its monitor lists it as {id}{}, which the guest's PCI tree {} (query-pci)",
+                "its monitor lists it as {id}{}, {} QEMU's PCI bus (query-pci)",
                 v.port
                     .as_ref()
                     .map(|p| format!(" on port {p}"))
                     .unwrap_or_default(),
-                if v.guest_visible {
-                    "shows"
-                } else {
-                    "does not show yet"
-                }
+                if v.on_bus { "on" } else { "not yet on" }
             ),
         },
     };
     // Holders and monitor disagree: say so; vpm never touches a held VF and
     // plans again from what it finds.
-    let split = match (&state.in_vm, state.holders.contains(&vm.pid)) {
-        (Some(InVm { device: None, .. }), true) => {
-            "; half done: the VF stays as it is (vpm never takes a held VF)"
+    let listed = state.in_vm.as_ref().map(|v| v.device.is_some());
+    let split = match (listed, state.holders.contains(&vm.pid), action) {
+        (Some(false), true, Action::Detach { .. }) => {
+            "; half done: the device is gone from the VM but QEMU still holds the VF (it lets \
+             go once the unplug completes); vpm leaves a held VF alone"
         }
-        (
-            Some(InVm {
-                device: Some(_), ..
-            }),
-            false,
-        ) => "; half done: QEMU has the device but has not opened the VF",
+        (Some(false), true, _) => {
+            "; half done: QEMU holds the VF without a device for it; vpm leaves a held VF alone"
+        }
+        (Some(true), false, _) => "; half done: QEMU has the device but does not hold the VF",
         _ => "",
     };
     format!("{verdict}: {held}, and {monitor}{split}")
@@ -509,6 +506,8 @@ mod tests {
         );
     }
 
+    use crate::executor::{Attachment, HotplugError, VmFacts};
+
     /// A hypervisor whose monitor lists what `listed` says, or cannot be
     /// asked (`None`).
     struct FakeVm {
@@ -516,31 +515,27 @@ mod tests {
     }
 
     impl Hotplug for FakeVm {
-        fn vm_facts(&self, _: &VmRef) -> super::super::VmFacts {
+        fn vm_facts(&self, _: &VmRef) -> VmFacts {
             unreachable!("reconcile asks in_vm only")
         }
-        fn attach(
-            &self,
-            _: &VmRef,
-            _: Bdf,
-        ) -> Result<super::super::Attachment, super::super::HotplugError> {
+        fn attach(&self, _: &VmRef, _: Bdf) -> Result<Attachment, HotplugError> {
             unreachable!("reconcile never acts")
         }
-        fn detach(&self, _: &VmRef, _: Bdf) -> Result<(), super::super::HotplugError> {
+        fn detach(&self, _: &VmRef, _: Bdf) -> Result<(), HotplugError> {
             unreachable!("reconcile never acts")
         }
         fn in_vm(&self, _: &VmRef, vf: Bdf) -> Result<InVm, String> {
             let listed = self.listed.as_ref().ok_or("connection refused")?;
             Ok(match listed.iter().find(|(b, _)| *b == vf) {
-                Some((_, visible)) => InVm {
+                Some((_, on_bus)) => InVm {
                     device: Some(crate::connect::device_id(vf)),
                     port: Some("rp1".into()),
-                    guest_visible: *visible,
+                    on_bus: *on_bus,
                 },
                 None => InVm {
                     device: None,
                     port: None,
-                    guest_visible: false,
+                    on_bus: false,
                 },
             })
         }
@@ -609,9 +604,9 @@ mod tests {
                 && found[0]
                     .note
                     .contains("0000:01:00.1 is attached to VM vm-a (pid 7): its process holds it")
-                && found[0].note.contains(
-                    "lists it as vpm-0000-01-00-1 on port rp1, which the guest's PCI tree shows"
-                ),
+                && found[0]
+                    .note
+                    .contains("lists it as vpm-0000-01-00-1 on port rp1, on QEMU's PCI bus"),
             "{}",
             found[0].note
         );
@@ -624,7 +619,7 @@ mod tests {
             found[2]
                 .note
                 .contains("not attached to any VM (no VFIO holder)")
-                && found[2].note.contains("does not show yet")
+                && found[2].note.contains("not yet on QEMU's PCI bus")
                 && found[2].note.contains("half done"),
             "{}",
             found[2].note

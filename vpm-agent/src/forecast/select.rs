@@ -42,9 +42,10 @@ pub struct SelectConfig {
     /// Default 0.02.
     pub hysteresis: f64,
     /// The model chosen whenever its backtest MAE is within
-    /// [`prefer_margin`](Self::prefer_margin) of the best: a backtest on a
-    /// few hundred recent points is noisy, and a robust default loses less
-    /// out of sample than the noise's winner. Default [`ModelKind::Combo`].
+    /// [`prefer_margin`](Self::prefer_margin) of the best: a backtest on
+    /// recent points is noisy (the agent's covers 360), and a robust default
+    /// loses less out of sample than the noise's winner. Default
+    /// [`ModelKind::Combo`].
     pub prefer: Option<ModelKind>,
     /// Relative MAE margin within which [`prefer`](Self::prefer) wins.
     /// Default 0.05.

@@ -364,7 +364,7 @@ fn in_vm_reads_the_qom_tree_then_query_pci() {
                 r#"{"return": "/machine/peripheral/rp1/rp1.0", "id": {id}}"#.into(),
             ])
         };
-        // Listed, and the guest's PCI tree shows it (or not yet).
+        // Listed, and on QEMU's PCI bus (or not yet).
         for (shown, visible) in [("vpm-0000-01-00-1", true), ("", false)] {
             let (_d, path) = serve(vec![
                 ("qmp_capabilities", ok()),
@@ -379,7 +379,7 @@ fn in_vm_reads_the_qom_tree_then_query_pci() {
             let found = crate::connect::in_vm(&mut q, vf).await.unwrap();
             assert_eq!(found.device.as_deref(), Some("vpm-0000-01-00-1"));
             assert_eq!(found.port.as_deref(), Some("rp1"));
-            assert_eq!(found.guest_visible, visible, "query-pci shows {shown:?}");
+            assert_eq!(found.on_bus, visible, "query-pci shows {shown:?}");
         }
 
         // A VF the VM does not have: not listed, and query-pci is not asked.
@@ -392,6 +392,6 @@ fn in_vm_reads_the_qom_tree_then_query_pci() {
         let mut q = Qmp::connect(&path, SHORT).await.unwrap();
         let found = crate::connect::in_vm(&mut q, other).await.unwrap();
         assert_eq!(found.device, None);
-        assert!(!found.guest_visible);
+        assert!(!found.on_bus);
     });
 }

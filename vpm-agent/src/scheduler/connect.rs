@@ -72,13 +72,14 @@ impl Claim<'_> {
 }
 
 /// `vm`'s hot-plug want within `window`: the peak of its demand resource,
-/// in VFs, capped by its class. `None` when it does not take part or has no
-/// forecast of the resource.
+/// in VFs, capped by its class. `None` when it does not take part (its class
+/// does not opt in, vpm cannot reach its monitor, or another VM carries its
+/// name) or has no forecast of the resource.
 pub(crate) fn wanted(ctx: &Ctx<'_>, vm: &VmState, window: f64) -> Option<(u32, Peak)> {
     let settings = &ctx.policy.hotplug;
     let resource = settings.demand.as_deref()?;
     let class = ctx.class(&vm.name);
-    if !class.class.hotplug || vm.hotplug.is_none() {
+    if !class.class.hotplug || vm.hotplug.is_none() || ctx.shared_names.contains(vm.name.as_str()) {
         return None;
     }
     let peak = ctx
@@ -135,19 +136,16 @@ pub(crate) fn plan(
     // takes nothing from them, and says so.
     let mut vms: Vec<&VmState> = host.vms.iter().collect();
     vms.sort_by(|a, b| a.name.cmp(&b.name).then(a.pid.cmp(&b.pid)));
-    let mut shared: Vec<(&str, Vec<u32>)> = Vec::new();
-    for w in vms
-        .chunk_by(|a, b| a.name == b.name)
-        .filter(|w| w.len() > 1)
-    {
-        shared.push((&w[0].name, w.iter().map(|v| v.pid).collect()));
-    }
-    vms.retain(|v| !shared.iter().any(|(n, _)| *n == v.name));
-    for (name, pids) in &shared {
+    for &name in &ctx.shared_names {
         let class = ctx.class(name);
         if !class.class.hotplug {
             continue;
         }
+        let pids: Vec<u32> = vms
+            .iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.pid)
+            .collect();
         deferred.push(Deferred {
             action: None,
             reason: format!(
@@ -157,10 +155,11 @@ pub(crate) fn plan(
                 vm_label(name, class),
                 pids.len()
             ),
-            vm: Some((*name).to_owned()),
+            vm: Some(name.to_owned()),
             priority: class.class.priority,
         });
     }
+    vms.retain(|v| !ctx.shared_names.contains(v.name.as_str()));
     let mut claims: Vec<Claim<'_>> = vms
         .into_iter()
         .filter_map(|vm| {

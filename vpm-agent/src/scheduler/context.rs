@@ -24,6 +24,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) hotplug_pf: Option<Bdf>,
     /// The agent's reaction time ([`HostState::reaction_s`]), seconds.
     pub(crate) reaction_s: f64,
+    /// Names that more than one running VM carries (their forecasts are
+    /// one, right for none of them).
+    pub(crate) shared_names: BTreeSet<&'a str>,
 }
 
 impl<'a> Ctx<'a> {
@@ -50,9 +53,19 @@ impl<'a> Ctx<'a> {
                 .filter(|p| policy.devices.allows(&p.candidate()))
                 .map(|p| p.bdf)
                 .min(),
-            reaction_s: Some(host.reaction_s)
-                .filter(|r| r.is_finite() && *r > 0.0)
-                .unwrap_or(0.0),
+            shared_names: {
+                let mut seen = BTreeSet::new();
+                host.vms
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .filter(|n| !seen.insert(*n))
+                    .collect()
+            },
+            reaction_s: if host.reaction_s.is_finite() && host.reaction_s > 0.0 {
+                host.reaction_s
+            } else {
+                0.0
+            },
         }
     }
 
@@ -99,7 +112,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// A device is woken when its use is predicted within this many seconds:
-    /// its wake latency plus `(1 − w)` of the horizon.
+    /// `latency` (its [`wake_lead`](Self::wake_lead): wake latency and the
+    /// agent's reaction time) plus `(1 − w)` of the horizon.
     pub(crate) fn wake_window(&self, latency: f64) -> f64 {
         latency + (1.0 - self.power_weight()) * self.horizon()
     }

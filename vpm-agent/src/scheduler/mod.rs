@@ -15,7 +15,8 @@
 //! # Rules
 //!
 //! With `H` the plan horizon, `w` the preference's power weight (0 latency,
-//! 1 power) and `lat` a device's wake latency:
+//! 1 power) and `lat` a device's wake latency plus the agent's reaction time
+//! ([`HostState::reaction_s`]):
 //!
 //! 1. **Only allowed devices.** Actions target only functions the policy's
 //!    `[devices] allow` names (or VFs of a named PF); with an empty allow-list

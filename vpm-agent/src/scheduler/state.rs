@@ -61,10 +61,10 @@ pub struct HostState {
     pub devices: Vec<DeviceState>,
     /// The running VMs.
     pub vms: Vec<VmState>,
-    /// How long the agent takes from the data a plan is made from to
-    /// carrying the plan out, seconds (measured by the agent's loop:
-    /// forecasting under load, a slow host; 0 when not measured): devices
-    /// are woken that much earlier.
+    /// How long the agent takes from the data a plan is made from until it
+    /// can plan, seconds (measured by the agent's loop: queued rows,
+    /// forecasting on a loaded host; 0 when not measured): devices are woken
+    /// that much earlier.
     pub reaction_s: f64,
 }
 

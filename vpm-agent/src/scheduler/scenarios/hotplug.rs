@@ -393,9 +393,19 @@ fn vms_that_share_a_name_get_no_hot_plug_and_the_plan_says_why() {
         why[0]
     );
 
-    // Busy: still no attach for either.
+    // Busy: still no attach for either, and no VF is sized or kept awake
+    // for them.
     cpu(&mut f, "web-1", BUSY);
     let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert!(
+        p.actions.iter().all(|a| !a.reason.contains("VM web-1")),
+        "{}",
+        reasons(&p)
+    );
+    // Nor is a pool made for them.
+    let bare = hp_host(vec![], vec![vm("web-1", 43, &[]), vm("web-1", 42, &[])]);
+    let p = plan(NOW, &bare, &f, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
     assert!(
         !actions(&p)
             .iter()
