@@ -1,6 +1,6 @@
 //! vpm's closed loop on the device side, once a tick: observe the managed
 //! devices ([`observe`]), plan from the forecasts ([`crate::scheduler`]), and
-//! carry the plan out through the [`executor`](crate::executor) — journaled,
+//! carry the plan out through the [`executor`] — journaled,
 //! under the safety rules, as a dry run unless `apply`.
 //!
 //! The [`Controller`] runs on the agent's forecasting thread (it needs the

@@ -46,7 +46,7 @@ pub fn vmm_of_binary(basename: &[u8]) -> Vmm {
 /// Every value given to the option `names` (e.g. `["-name", "--name"]`), in
 /// order: `NAME VALUE` as two arguments, or `NAME=VALUE` as one.
 ///
-/// An option that is the last argument has no value and is skipped. argv[0] is
+/// An option that is the last argument has no value and is skipped. `argv[0]` is
 /// never an option. This does not know which other options take a value, so a
 /// value that happens to equal `NAME` (`-append -name`) is misread; the last
 /// value wins in the callers, as in QEMU, which keeps that rare.
