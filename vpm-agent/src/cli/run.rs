@@ -118,11 +118,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         dev: PathBuf::from("/dev"),
     };
     let hotplug = policy.as_ref().map(|p| p.hotplug.clone());
-    if let Some(demand) = hotplug.as_ref().and_then(|h| h.demand.as_ref()) {
+    if let Some(h) = &hotplug
+        && let Some(demand) = &h.demand
+    {
         log::info!(
             "hot-plug: VMs of classes with hotplug = true get VFs over QMP as their forecast \
              {demand} asks ({} per VF)",
-            hotplug.as_ref().map_or(1.0, |h| h.per_vf)
+            h.per_vf
         );
     }
     let (controller, interrupted) = vpm::control::Controller::new(

@@ -261,18 +261,10 @@ impl Hotplug for QmpHotplug {
 /// and whether QEMU's PCI bus (`query-pci`) lists that device.
 pub async fn in_vm(q: &mut Qmp, vf: Bdf) -> Result<InVm, QmpError> {
     let Some(a) = attachments(q).await?.into_iter().find(|a| a.vf == vf) else {
-        return Ok(InVm {
-            device: None,
-            port: None,
-            on_bus: false,
-        });
+        return Ok(InVm::listed(None, false));
     };
-    let visible = q.query_pci().await?.iter().any(|d| d.qdev_id == a.id);
-    Ok(InVm {
-        device: Some(a.id),
-        port: a.port,
-        on_bus: visible,
-    })
+    let on_bus = q.query_pci().await?.iter().any(|d| d.qdev_id == a.id);
+    Ok(InVm::listed(Some(a), on_bus))
 }
 
 /// The VFIO devices plugged into the VM behind `q` (`/machine/peripheral`

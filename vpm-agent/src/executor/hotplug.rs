@@ -68,6 +68,25 @@ pub struct InVm {
     pub on_bus: bool,
 }
 
+impl InVm {
+    /// What the monitor's listing `a` of the VF (if any) says, with whether
+    /// QEMU's PCI bus lists the device.
+    pub fn listed(a: Option<Attachment>, on_bus: bool) -> Self {
+        match a {
+            Some(a) => Self {
+                device: Some(a.id),
+                port: a.port,
+                on_bus,
+            },
+            None => Self {
+                device: None,
+                port: None,
+                on_bus: false,
+            },
+        }
+    }
+}
+
 /// The hypervisor side of hot-plug: QMP for real VMs
 /// ([`connect::QmpHotplug`](crate::connect::QmpHotplug)), a simulation for
 /// the demo and replays.
@@ -93,11 +112,7 @@ pub trait Hotplug {
         let facts = self.vm_facts(vm);
         facts.monitor?;
         let a = facts.attached.into_iter().find(|a| a.vf == vf);
-        Ok(InVm {
-            on_bus: a.is_some(),
-            port: a.as_ref().and_then(|a| a.port.clone()),
-            device: a.map(|a| a.id),
-        })
+        Ok(InVm::listed(a, true))
     }
 }
 

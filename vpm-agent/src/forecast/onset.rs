@@ -395,6 +395,16 @@ mod tests {
     /// Monday 2026-11-23 00:00 UTC.
     const MONDAY: f64 = 1_795_392_000.0;
 
+    /// A model that learns from past days only (the wait memory never has
+    /// enough runs at risk).
+    fn days_only(step_s: f64) -> OnsetModel {
+        let cfg = OnsetConfig {
+            min_at_risk: 1000,
+            ..OnsetConfig::default()
+        };
+        OnsetModel::new(step_s, cfg).expect("model")
+    }
+
     fn feed(m: &mut OnsetModel, t0: f64, step: f64, levels: impl IntoIterator<Item = u32>) -> f64 {
         let mut t = t0;
         for l in levels {
@@ -466,11 +476,7 @@ mod tests {
     #[test]
     fn a_daily_shape_is_learnt_from_past_days() {
         // Level 1 from 08:00 to 18:00 UTC on weekdays, at 5-minute steps.
-        let cfg = OnsetConfig {
-            min_at_risk: 1000, // days only
-            ..OnsetConfig::default()
-        };
-        let mut m = OnsetModel::new(300.0, cfg).expect("model");
+        let mut m = days_only(300.0);
         let day: Vec<u32> = (0..288)
             .map(|i| u32::from((96..216).contains(&i)))
             .collect();
@@ -554,11 +560,7 @@ mod tests {
     #[test]
     fn a_short_horizon_across_a_bin_edge_sees_the_next_bin() {
         // 10 s steps; level 1 from 08:00 on the past days; now 07:59:10.
-        let cfg = OnsetConfig {
-            min_at_risk: 1000, // days only
-            ..OnsetConfig::default()
-        };
-        let mut m = OnsetModel::new(10.0, cfg).expect("model");
+        let mut m = days_only(10.0);
         let eight = 8.0 * 3600.0;
         let mut t = MONDAY;
         for _ in 0..2 {

@@ -92,11 +92,11 @@ pub(crate) fn wanted(ctx: &Ctx<'_>, vm: &VmState, window: f64) -> Option<(u32, P
 
 /// The window within which predicted demand gets a VF attached.
 pub(crate) fn attach_window(ctx: &Ctx<'_>) -> f64 {
-    ctx.wake_window(ctx.reaction_s + ctx.policy.plan.wake_latency_s)
+    ctx.wake_window(ctx.wake_lead(None))
 }
 
 fn keep_window(ctx: &Ctx<'_>) -> f64 {
-    ctx.keep_window(ctx.reaction_s + ctx.policy.plan.wake_latency_s)
+    ctx.keep_window(ctx.wake_lead(None))
         .max(ctx.policy.hotplug.attached_s)
 }
 

@@ -106,9 +106,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// How long from a plan until `dev` is awake: the agent's reaction time
-    /// ([`HostState::reaction_s`]) and the device's wake latency.
-    pub(crate) fn wake_lead(&self, dev: &DeviceState) -> f64 {
-        self.reaction_s + self.wake_latency(dev)
+    /// ([`HostState::reaction_s`]) and the device's wake latency (the
+    /// policy's for a device not known yet, such as the VF an attach will
+    /// pick).
+    pub(crate) fn wake_lead(&self, dev: Option<&DeviceState>) -> f64 {
+        self.reaction_s + dev.map_or(self.policy.plan.wake_latency_s, |d| self.wake_latency(d))
     }
 
     /// A device is woken when its use is predicted within this many seconds:

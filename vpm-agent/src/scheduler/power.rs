@@ -179,7 +179,7 @@ pub(crate) fn device(ctx: &Ctx<'_>, dev: &DeviceState, out: &mut PowerOutcome) {
     if matches!(dev.user, DeviceUse::Process(_) | DeviceUse::Host(_)) {
         return;
     }
-    let latency = ctx.wake_lead(dev);
+    let latency = ctx.wake_lead(Some(dev));
     let wake_w = ctx.wake_window(latency);
     let keep_w = ctx.keep_window(latency);
     let rate = ctx.policy.plan.active_rate;
@@ -213,7 +213,10 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
     if free.is_empty() {
         return;
     }
-    let latency = free.iter().map(|v| ctx.wake_lead(v)).fold(0.0, f64::max);
+    let latency = free
+        .iter()
+        .map(|v| ctx.wake_lead(Some(v)))
+        .fold(0.0, f64::max);
     let wake_w = ctx.wake_window(latency);
     let keep_w = ctx.keep_window(latency);
     let rate = ctx.policy.plan.active_rate;
