@@ -18,6 +18,7 @@ use crate::executor::journal::Interrupted;
 use crate::executor::{
     self, Action, ApplyOptions, ExecuteError, Hotplug, Journal, JournalError, VmRef,
 };
+use crate::forecast::Forecast;
 use crate::hal::{HalError, PciBackend};
 use crate::pipeline::SeriesOutlook;
 use crate::policy::Policy;
@@ -277,7 +278,8 @@ impl Controller {
     pub fn step(&mut self, now: f64, outlook: &[SeriesOutlook]) -> &Plan {
         let mut forecasts = Forecasts::default();
         for o in outlook {
-            forecasts.add_with_rises(&o.key.vm, &o.key.resource, &o.forecasts, &o.rises);
+            let from_now = from_now(now, &o.forecasts);
+            forecasts.add_with_rises(&o.key.vm, &o.key.resource, &from_now, &o.rises);
         }
         self.refresh_hotplug(now);
         let slowest = self.reactions.iter().copied().fold(0.0, f64::max);
@@ -385,6 +387,23 @@ impl Controller {
     }
 }
 
+/// `forecasts` with each horizon counted from `now` (the plan's time) to
+/// its target, not from the end of its data: the store closes a step only
+/// once it is over, so the data ends up to a step or two before `now`, and a
+/// forecast reaches that much less far ahead of the plan (never below 0).
+fn from_now(now: f64, forecasts: &[Forecast]) -> Vec<Forecast> {
+    forecasts
+        .iter()
+        .map(|f| Forecast {
+            horizon_s: match f.target_time - now {
+                ahead if ahead.is_finite() => ahead.clamp(0.0, f.horizon_s.max(0.0)),
+                _ => f.horizon_s,
+            },
+            ..f.clone()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +417,7 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Forecasts from data that ends at 1000 s.
     fn outlook(vm: &str, resource: &str, value: f64) -> SeriesOutlook {
         SeriesOutlook {
             key: SeriesKey {
@@ -408,7 +428,7 @@ mod tests {
                 .iter()
                 .map(|&h| Forecast {
                     horizon_s: h,
-                    target_time: h,
+                    target_time: 1000.0 + h,
                     predicted: value,
                     lower: value,
                     upper: value,
@@ -466,6 +486,27 @@ mod tests {
         let csv = csv::actions(&records);
         assert!(csv.starts_with(csv::ACTIONS_HEADER));
         assert!(csv.contains(",set-vfs,0000:01:00.0,2,web,"), "{csv}");
+    }
+
+    #[test]
+    fn plans_count_forecast_horizons_from_their_own_time() {
+        let o = outlook("web", "vfs:0000:01:00.0", 1.0);
+        let h = |now: f64| -> Vec<f64> {
+            from_now(now, &o.forecasts)
+                .iter()
+                .map(|f| f.horizon_s)
+                .collect()
+        };
+        assert_eq!(h(1000.0), vec![60.0, 300.0]);
+        // The data ended 10 s before the plan: its 60 s forecast targets a
+        // time 50 s ahead.
+        assert_eq!(h(1010.0), vec![50.0, 290.0]);
+        // Targets already past count as now; a plan before the data's end
+        // (a clock step) keeps the forecasts' own horizons.
+        assert_eq!(h(1100.0), vec![0.0, 200.0]);
+        assert_eq!(h(900.0), vec![60.0, 300.0]);
+        let f = from_now(1010.0, &o.forecasts);
+        assert_eq!((f[0].target_time, f[0].predicted), (1060.0, 1.0));
     }
 
     #[test]
