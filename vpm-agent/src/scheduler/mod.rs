@@ -45,7 +45,10 @@
 //!    awake `[dwell] awake_s`, idle `(1 − w)·H`, and no use is predicted
 //!    within `max(lat + (1 − w)·H, [dwell] parked_s + lat)` (so the park
 //!    would not have to be reversed within its dwell). Held devices, and
-//!    devices used by the host or by non-VM processes, are never parked.
+//!    devices used by the host or by non-VM processes, are never parked;
+//!    nor is a device whose `lat` exceeds `H` (the plan could not see its
+//!    next use early enough to wake it in time): that park is deferred with
+//!    the reason.
 //! 6. **No flapping.** A device parked (or otherwise changed) less than
 //!    `[dwell] parked_s` ago is not woken unless the VM whose demand needs it
 //!    is of a class with `preempt_dwell`; the action then has

@@ -48,15 +48,9 @@ impl PowerOutcome {
             ),
             _ => format!("{} is in {}", dev.bdf, dev.power),
         };
-        let latency = ctx.wake_latency(dev);
-        let reaction = if ctx.reaction_s > 0.0 {
-            format!(", plus {} the agent takes to act", secs(ctx.reaction_s))
-        } else {
-            String::new()
-        };
         let base = format!(
-            "{why}; {state}: wake it ahead of use (wake latency {}{reaction})",
-            secs(latency)
+            "{why}; {state}: wake it ahead of use ({})",
+            lead_text(ctx, dev)
         );
         let dwell = ctx.policy.dwell.parked_s;
         let mut breaks_dwell = false;
@@ -118,6 +112,28 @@ impl PowerOutcome {
             .map_or("idle since vpm started watching".to_owned(), |t| {
                 format!("idle for {}", secs(ctx.now - t))
             });
+        // A park is undone by a wake issued `lead` seconds before the use;
+        // the plan sees uses at most its horizon ahead, so past it a park
+        // would make the next use wait for the device.
+        let lead = ctx.wake_lead(Some(dev));
+        if lead > ctx.horizon() {
+            self.deferred.push(Deferred {
+                action: Some(Action::Park { bdf: dev.bdf }),
+                reason: format!(
+                    "{} is free and {idle}; {why}, but waking it takes {} ({}), more than \
+                     the plan looks ahead ([plan] horizon_s = {}): it stays awake, as a park \
+                     could not be undone before its next use; a longer horizon_s or a less \
+                     loaded host lets vpm park it",
+                    dev.bdf,
+                    secs(lead),
+                    lead_text(ctx, dev),
+                    secs(ctx.horizon())
+                ),
+                vm: None,
+                priority: 0,
+            });
+            return;
+        }
         self.proposals.push(Proposal {
             action: Action::Park { bdf: dev.bdf },
             reason: format!("{} is free and {idle}; {why}: park it", dev.bdf),
@@ -128,6 +144,17 @@ impl PowerOutcome {
             breaks_dwell: false,
         });
     }
+}
+
+/// What waking `dev` takes: `wake latency 0.5 s[, plus 1 s the agent takes
+/// to act]`.
+fn lead_text(ctx: &Ctx<'_>, dev: &DeviceState) -> String {
+    let reaction = if ctx.reaction_s > 0.0 {
+        format!(", plus {} the agent takes to act", secs(ctx.reaction_s))
+    } else {
+        String::new()
+    };
+    format!("wake latency {}{reaction}", secs(ctx.wake_latency(dev)))
 }
 
 /// The running VM with the strongest predicted activity on `bdf` within

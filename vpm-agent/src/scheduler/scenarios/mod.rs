@@ -512,6 +512,40 @@ fn idle_awake_devices_are_parked_after_their_dwell_and_grace() {
 }
 
 #[test]
+fn a_device_is_not_parked_when_it_could_not_be_woken_in_time() {
+    // The plan looks 2 s ahead: a device that takes longer than that to
+    // wake (its latency plus the agent's reaction time) stays awake.
+    let pol = policy("[plan]\nhorizon_s = 2\nwake_latency_s = 0.5\n");
+    let mut h = host(
+        vec![],
+        vec![dev(bdf(NIC)).awake().changed_ago(600.0).idle_for(600.0)],
+        &[],
+    );
+    let park = vec![Action::Park { bdf: bdf(NIC) }];
+    assert_eq!(actions(&plan(NOW, &h, &Forecasts::default(), &pol)), park);
+    // Waking takes exactly the horizon: still in time.
+    h.reaction_s = 1.5;
+    assert_eq!(actions(&plan(NOW, &h, &Forecasts::default(), &pol)), park);
+    h.reaction_s = 1.75;
+    let slow = plan(NOW, &h, &Forecasts::default(), &pol);
+    assert!(slow.actions.is_empty(), "{}", reasons(&slow));
+    let deferred: Vec<&Deferred> = slow
+        .deferred
+        .iter()
+        .filter(|d| d.action == Some(Action::Park { bdf: bdf(NIC) }))
+        .collect();
+    assert_eq!(deferred.len(), 1, "{}", reasons(&slow));
+    assert!(
+        deferred[0].reason.contains(
+            "but waking it takes 2.25 s (wake latency 0.5 s, plus 1.75 s the agent takes to \
+             act), more than the plan looks ahead ([plan] horizon_s = 2 s): it stays awake"
+        ),
+        "{}",
+        deferred[0].reason
+    );
+}
+
+#[test]
 fn a_device_is_not_parked_when_it_would_have_to_wake_within_its_dwell() {
     // Use predicted 300 s out. With [dwell] parked_s = 400, a park now could
     // not be undone in time: keep it awake. With 60 s it can be parked.
