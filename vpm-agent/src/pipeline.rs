@@ -1,7 +1,9 @@
 //! The agent's forecasting loop: telemetry rows go into the [`Store`]; at each
 //! export every series' new points feed its [`SeriesForecaster`], which
 //! forecasts every horizon. Model re-selection is spread over exports by a
-//! [`SelectionBudget`] and per-series phases, so the agent stays light.
+//! [`SelectionBudget`] and per-series phases, so the agent stays light; the
+//! agent takes it out of its plans' way altogether
+//! ([`Pipeline::forecast_now`], then [`Pipeline::select_one`] between plans).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -23,7 +25,9 @@ pub struct PipelineConfig {
     pub forecaster: ForecasterConfig,
     /// Horizons, seconds.
     pub horizons_s: Vec<f64>,
-    /// Model selections allowed per export, over all series.
+    /// Model selections allowed per [`Pipeline::forecast`], over all series
+    /// and horizons; `vpm run` allows as many calls of
+    /// [`Pipeline::select_one`] (a series each) after each plan or export.
     pub selections_per_export: usize,
     /// Level series besides `vfs:<pf>` (whose unit is one VF): resource
     /// name and how much of it one unit (VF) serves, e.g. the policy's
@@ -108,6 +112,8 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     store: Store,
     tracked: HashMap<SeriesKey, Tracked>,
+    /// The series [`Pipeline::select_one`] served last.
+    last_selected: Option<SeriesKey>,
 }
 
 fn phase_of(key: &SeriesKey) -> u64 {
@@ -125,7 +131,13 @@ impl Pipeline {
             cfg,
             store,
             tracked: HashMap::new(),
+            last_selected: None,
         })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
     }
 
     /// The store (for inspection and memory accounting).
@@ -153,10 +165,53 @@ impl Pipeline {
     }
 
     /// Feeds every series' new points to its forecaster and forecasts all
-    /// horizons from the end of its data. Series the forecaster refuses are
-    /// logged and skipped; forecasters of series the store forgot are dropped.
+    /// horizons from the end of its data, running at most
+    /// `selections_per_export` model selections on the way. Series the
+    /// forecaster refuses are logged and skipped; forecasters of series the
+    /// store forgot are dropped.
     pub fn forecast(&mut self) -> Vec<SeriesOutlook> {
         let mut budget = SelectionBudget::new(self.cfg.selections_per_export);
+        self.forecast_with(&mut budget)
+    }
+
+    /// As [`forecast`](Self::forecast), with the models in place: no
+    /// selection runs (a new series forecasts with the last value until its
+    /// first one). The agent forecasts this way for its plans, so they do not
+    /// wait for selections, and runs those between plans with
+    /// [`select_one`](Self::select_one).
+    pub fn forecast_now(&mut self) -> Vec<SeriesOutlook> {
+        self.forecast_with(&mut SelectionBudget::new(0))
+    }
+
+    /// Runs the model selections of one series that are due (by schedule or
+    /// drift, as in [`forecast`](Self::forecast)) on the data it has been
+    /// fed; `false` when none is due. Series are taken in key order after
+    /// the last one served, so every series gets its turn.
+    pub fn select_one(&mut self) -> bool {
+        let mut due: Vec<&SeriesKey> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.forecaster.selection_due())
+            .map(|(k, _)| k)
+            .collect();
+        due.sort();
+        let next = due
+            .iter()
+            .find(|k| self.last_selected.as_ref().is_none_or(|l| **k > l))
+            .or_else(|| due.first())
+            .map(|k| (*k).clone());
+        let Some(key) = next else {
+            return false;
+        };
+        if let Some(t) = self.tracked.get_mut(&key) {
+            t.forecaster
+                .select_due(t.fed_until, &mut SelectionBudget::unlimited());
+        }
+        self.last_selected = Some(key);
+        true
+    }
+
+    fn forecast_with(&mut self, budget: &mut SelectionBudget) -> Vec<SeriesOutlook> {
         let keys = self.store.keys();
         let live: std::collections::HashSet<&SeriesKey> = keys.iter().collect();
         self.tracked.retain(|k, _| live.contains(k));
@@ -220,7 +275,7 @@ impl Pipeline {
             }
             match t
                 .forecaster
-                .forecast_with_budget(t.fed_until, &self.cfg.horizons_s, &mut budget)
+                .forecast_with_budget(t.fed_until, &self.cfg.horizons_s, budget)
             {
                 Ok(forecasts) => out.push(SeriesOutlook {
                     key,
@@ -270,6 +325,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forecast::ModelKind;
     use crate::lab::tracegen::TraceSpec;
 
     #[test]
@@ -310,6 +366,42 @@ mod tests {
         }
         assert_eq!(exports, 6);
         assert_eq!(p.tracked(), p.store().keys().len());
+    }
+
+    #[test]
+    fn plans_forecast_with_the_models_in_place_and_selections_run_after() {
+        let start = 1_700_000_000.0;
+        let spec = TraceSpec::fleet(2, 3, start, 3600.0, 1.0);
+        let rows: Vec<Row> = spec.rows().collect();
+        let mut cfg = PipelineConfig::agent_default();
+        cfg.horizons_s = vec![60.0, 300.0];
+        let mut p = Pipeline::new(cfg).expect("pipeline");
+        p.ingest(&rows, start + 3600.0).expect("ingest");
+        // No selection yet: every series forecasts with the last value.
+        let before = p.forecast_now();
+        assert!(!before.is_empty());
+        for f in before.iter().flat_map(|o| &o.forecasts) {
+            assert_eq!((f.model, f.backtest_wape), (ModelKind::LastValue, None));
+        }
+        // One series per call, each once, then nothing is due.
+        let mut served = 0;
+        while p.select_one() {
+            served += 1;
+            assert!(served <= p.tracked(), "a series was served twice");
+        }
+        assert_eq!(served, p.tracked());
+        let after = p.forecast_now();
+        assert_eq!(after.len(), before.len());
+        for f in after.iter().flat_map(|o| &o.forecasts) {
+            assert!(f.backtest_wape.is_some(), "{f:?} was not selected");
+        }
+        assert!(
+            after
+                .iter()
+                .flat_map(|o| &o.forecasts)
+                .any(|f| f.model != ModelKind::LastValue),
+            "every selection kept the last value"
+        );
     }
 
     #[test]

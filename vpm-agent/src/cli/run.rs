@@ -360,10 +360,22 @@ impl ForecastThread {
         // Bounded: a forecaster that falls behind makes the agent drop work
         // (said in the log), not grow without limit.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(256);
+        let selections_per_plan = pipeline.config().selections_per_export;
         let handle = std::thread::Builder::new()
             .name("vpm-forecast".into())
             .spawn(move || {
-                for msg in rx {
+                // Messages taken off the channel while selecting, not yet served.
+                let mut backlog: std::collections::VecDeque<Msg> = Default::default();
+                // Selections left until the next plan or export.
+                let mut selections = 0;
+                loop {
+                    let msg = match backlog.pop_front() {
+                        Some(m) => m,
+                        None => match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        },
+                    };
                     match msg {
                         Msg::Rows(mut rows, at) => {
                             // vpm's own activity (its sysfs writes wake devices,
@@ -384,9 +396,11 @@ impl ForecastThread {
                                 Ok(usage) => rows.extend(usage),
                                 Err(e) => log::error!("reading the managed devices: {e}"),
                             }
+                            let started = std::time::Instant::now();
                             if let Err(e) = pipeline.ingest(&rows, at) {
                                 log::error!("{:#}", anyhow::Error::new(e));
                             }
+                            log::debug!("ingest at {at:.2}: {:.3} s", started.elapsed().as_secs_f64());
                         }
                         Msg::Preload(rows, at) => {
                             if let Err(e) = pipeline.ingest(&rows, at) {
@@ -394,7 +408,9 @@ impl ForecastThread {
                             }
                         }
                         Msg::Plan(t, asked) => {
-                            let mut outlook = pipeline.forecast();
+                            let queued = asked.elapsed();
+                            let mut outlook = pipeline.forecast_now();
+                            let forecast_took = asked.elapsed() - queued;
                             // Plans use each VM's class headroom, not the
                             // exports' fixed level.
                             pipeline.rebound(&mut outlook, |vm| controller.headroom_level(vm));
@@ -404,12 +420,19 @@ impl ForecastThread {
                             // earlier.
                             controller.note_reaction(asked.elapsed().as_secs_f64());
                             let plan = controller.step(t, &outlook);
+                            log::debug!(
+                                "plan at {t:.2}: {:.3} s queued, {:.3} s forecasting, {:.3} s planning and acting",
+                                queued.as_secs_f64(),
+                                forecast_took.as_secs_f64(),
+                                (asked.elapsed() - queued - forecast_took).as_secs_f64()
+                            );
                             let plan = serde_json::to_value(plan).unwrap_or_default();
                             let host = serde_json::to_value(controller.host()).unwrap_or_default();
                             if let Ok(mut s) = shared.lock() {
                                 s.plan.plan = plan;
                                 s.plan.host = host;
                             }
+                            selections = selections_per_plan;
                         }
                         Msg::Export(t) => {
                             if let Err(e) = export_forecasts(&dir, keep, t, &mut pipeline) {
@@ -418,6 +441,23 @@ impl ForecastThread {
                             if let Err(e) = export_plans(&dir, keep, t, &mut controller) {
                                 log::error!("{e:#}");
                             }
+                            selections = selections_per_plan;
+                        }
+                    }
+                    // Model selections run between messages, one series at
+                    // a time, while no work waits: a plan waits for at most
+                    // one series' selection, never for a round of them.
+                    while selections > 0 && backlog.is_empty() {
+                        match rx.try_recv() {
+                            Ok(m) => backlog.push_back(m),
+                            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                                if pipeline.select_one() {
+                                    selections -= 1;
+                                } else {
+                                    selections = 0;
+                                }
+                            }
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                         }
                     }
                 }
@@ -467,7 +507,7 @@ fn export_forecasts(
     t: f64,
     pipeline: &mut Pipeline,
 ) -> anyhow::Result<()> {
-    let outlook = pipeline.forecast();
+    let outlook = pipeline.forecast_now();
     if outlook.is_empty() {
         return Ok(());
     }

@@ -431,19 +431,35 @@ impl SeriesForecaster {
         self.horizons.len() - 1
     }
 
-    fn forecast_one(&mut self, last_t: f64, h: usize, budget: &mut SelectionBudget) -> Forecast {
-        let i = self.state_index(h);
-        let n = self.buf.len();
-        let total = self.total;
-        let cfg = &self.cfg;
-        let s = Series {
-            values: &self.buf,
-            step_s: self.step_s,
-            t0: last_t - (n - 1) as f64 * self.step_s,
-        };
-        let st = &mut self.horizons[i];
+    /// Whether a horizon asked for before is due for a model selection:
+    /// scheduled, or early because its live error drifted.
+    pub fn selection_due(&self) -> bool {
+        self.horizons.iter().any(|st| self.due(st))
+    }
 
-        // Selection: scheduled, or early on drift.
+    /// Runs the selections that are due (see
+    /// [`selection_due`](Self::selection_due)), as many as `budget` allows,
+    /// for the horizons asked for before, with the newest point at `last_t`;
+    /// returns how many ran. Forecasts then use the chosen models. The agent
+    /// calls it between plans, so a plan never waits for a selection.
+    pub fn select_due(&mut self, last_t: f64, budget: &mut SelectionBudget) -> usize {
+        if !last_t.is_finite() || self.buf.is_empty() {
+            return 0;
+        }
+        let mut ran = 0;
+        for i in 0..self.horizons.len() {
+            if self.due(&self.horizons[i]) && budget.take() {
+                self.select(i, last_t);
+                ran += 1;
+            }
+        }
+        ran
+    }
+
+    /// Scheduled, or early on drift.
+    fn due(&self, st: &HorizonState) -> bool {
+        let cfg = &self.cfg;
+        let total = self.total;
         let drift = st.recent_abs.len() >= DRIFT_MIN
             && st.backtest.is_some_and(|b| {
                 let live = st.recent_abs.iter().sum::<f64>() / st.recent_abs.len() as f64;
@@ -452,8 +468,21 @@ impl SeriesForecaster {
             && st
                 .selected_at
                 .is_some_and(|t| total - t >= cfg.min_reselect_gap as u64);
-        if (total >= st.next_select_at || drift) && budget.take() {
-            self.selections += 1;
+        total >= st.next_select_at || drift
+    }
+
+    /// Selects the model of horizon state `i` by backtest (the buffer is not
+    /// empty).
+    fn select(&mut self, i: usize, last_t: f64) {
+        let n = self.buf.len();
+        let total = self.total;
+        let phase = self.phase;
+        let cfg = &self.cfg;
+        let s = view(&self.buf, self.step_s, last_t);
+        let st = &mut self.horizons[i];
+        let h = st.h;
+        self.selections += 1;
+        {
             let incumbent = st.selected_at.map(|_| st.kind);
             match select::select(&s, h, &cfg.select, &cfg.models, incumbent) {
                 Ok(Some(sel)) => {
@@ -469,11 +498,11 @@ impl SeriesForecaster {
                     st.refit_offset = if every == usize::MAX {
                         0
                     } else {
-                        self.phase % every as u64
+                        phase % every as u64
                     };
                     let every = (n / 4).clamp(8, cfg.reselect_every.max(8)) as u64;
                     let offset = if st.selected_at.is_none() {
-                        self.phase % every
+                        phase % every
                     } else {
                         0
                     };
@@ -486,6 +515,17 @@ impl SeriesForecaster {
                 Ok(None) | Err(_) => st.next_select_at = total + 1,
             }
         }
+    }
+
+    fn forecast_one(&mut self, last_t: f64, h: usize, budget: &mut SelectionBudget) -> Forecast {
+        let i = self.state_index(h);
+        if self.due(&self.horizons[i]) && budget.take() {
+            self.select(i, last_t);
+        }
+        let total = self.total;
+        let cfg = &self.cfg;
+        let s = view(&self.buf, self.step_s, last_t);
+        let st = &mut self.horizons[i];
 
         // Refit when due.
         let due = st
@@ -533,6 +573,15 @@ impl SeriesForecaster {
             model: st.kind,
             backtest_wape: st.backtest.map(|b| b.wape()),
         }
+    }
+}
+
+/// The buffer as a series whose newest point is at `last_t`.
+fn view(buf: &[f64], step_s: f64, last_t: f64) -> Series<'_> {
+    Series {
+        values: buf,
+        step_s,
+        t0: last_t - buf.len().saturating_sub(1) as f64 * step_s,
     }
 }
 
