@@ -278,8 +278,8 @@ impl Controller {
     pub fn step(&mut self, now: f64, outlook: &[SeriesOutlook]) -> &Plan {
         let mut forecasts = Forecasts::default();
         for o in outlook {
-            let from_now = from_now(now, &o.forecasts);
-            forecasts.add_with_rises(&o.key.vm, &o.key.resource, &from_now, &o.rises);
+            let (ahead, rises) = from_now(now, &o.forecasts, &o.rises);
+            forecasts.add_with_rises(&o.key.vm, &o.key.resource, &ahead, &rises);
         }
         self.refresh_hotplug(now);
         let slowest = self.reactions.iter().copied().fold(0.0, f64::max);
@@ -288,8 +288,9 @@ impl Controller {
             self.reaction_warned = true;
             log::warn!(
                 "vpm took {slowest:.1} s from its data to a plan, more than the plan horizon \
-                 ({cap} s, [plan] horizon_s): devices are woken at most {cap} s early; a host this \
-                 loaded needs a longer horizon or fewer series"
+                 ({cap} s, [plan] horizon_s): devices are woken at most {cap} s early, and \
+                 those that take longer to wake than the plan sees ahead are no longer parked; \
+                 a host this loaded needs a longer horizon or fewer series"
             );
         }
         self.host.reaction_s = slowest.min(cap);
@@ -387,21 +388,44 @@ impl Controller {
     }
 }
 
-/// `forecasts` with each horizon counted from `now` (the plan's time) to
-/// its target, not from the end of its data: the store closes a step only
-/// once it is over, so the data ends up to a step or two before `now`, and a
-/// forecast reaches that much less far ahead of the plan (never below 0).
-fn from_now(now: f64, forecasts: &[Forecast]) -> Vec<Forecast> {
+/// `forecasts` (and their `rises`, by index) with each horizon counted from
+/// `now` (the plan's time) to its target, not from the end of its data: the
+/// store closes a step only once it is over, so the data ends up to a step
+/// or two before `now`, and a forecast reaches that much less far ahead of
+/// the plan. Of the targets already past, the latest stands for now
+/// (horizon 0) and the others are dropped: points of equal horizon add up,
+/// which is for different series, not for one.
+fn from_now(
+    now: f64,
+    forecasts: &[Forecast],
+    rises: &[Option<f64>],
+) -> (Vec<Forecast>, Vec<Option<f64>>) {
+    let latest_past = forecasts
+        .iter()
+        .map(|f| f.target_time)
+        .filter(|&t| t <= now)
+        .fold(f64::NEG_INFINITY, f64::max);
     forecasts
         .iter()
-        .map(|f| Forecast {
-            horizon_s: match f.target_time - now {
-                ahead if ahead.is_finite() => ahead.clamp(0.0, f.horizon_s.max(0.0)),
-                _ => f.horizon_s,
-            },
-            ..f.clone()
+        .enumerate()
+        // (NaN targets stay, with their own horizon.)
+        .filter(|(_, f)| f.target_time.partial_cmp(&latest_past) != Some(std::cmp::Ordering::Less))
+        .map(|(i, f)| {
+            let ahead = f.target_time - now;
+            let horizon_s = if ahead.is_finite() {
+                ahead.clamp(0.0, f.horizon_s.max(0.0))
+            } else {
+                f.horizon_s
+            };
+            (
+                Forecast {
+                    horizon_s,
+                    ..f.clone()
+                },
+                rises.get(i).copied().flatten(),
+            )
         })
-        .collect()
+        .unzip()
 }
 
 #[cfg(test)]
@@ -491,22 +515,35 @@ mod tests {
     #[test]
     fn plans_count_forecast_horizons_from_their_own_time() {
         let o = outlook("web", "vfs:0000:01:00.0", 1.0);
-        let h = |now: f64| -> Vec<f64> {
-            from_now(now, &o.forecasts)
-                .iter()
-                .map(|f| f.horizon_s)
-                .collect()
+        let rises = [Some(0.1), Some(0.2)];
+        let h = |now: f64| -> (Vec<f64>, Vec<Option<f64>>) {
+            let (f, r) = from_now(now, &o.forecasts, &rises);
+            (f.iter().map(|f| f.horizon_s).collect(), r)
         };
-        assert_eq!(h(1000.0), vec![60.0, 300.0]);
+        assert_eq!(h(1000.0), (vec![60.0, 300.0], rises.to_vec()));
         // The data ended 10 s before the plan: its 60 s forecast targets a
         // time 50 s ahead.
-        assert_eq!(h(1010.0), vec![50.0, 290.0]);
-        // Targets already past count as now; a plan before the data's end
+        assert_eq!(h(1010.0).0, vec![50.0, 290.0]);
+        // A target already past counts as now; a plan before the data's end
         // (a clock step) keeps the forecasts' own horizons.
-        assert_eq!(h(1100.0), vec![0.0, 200.0]);
-        assert_eq!(h(900.0), vec![60.0, 300.0]);
-        let f = from_now(1010.0, &o.forecasts);
-        assert_eq!((f[0].target_time, f[0].predicted), (1060.0, 1.0));
+        assert_eq!(h(1100.0).0, vec![0.0, 200.0]);
+        assert_eq!(h(900.0).0, vec![60.0, 300.0]);
+        // Both past: only the later stands for now (with its rise), so the
+        // series does not add up with itself.
+        assert_eq!(h(1400.0), (vec![0.0], vec![Some(0.2)]));
+        let mut f = Forecasts::default();
+        let (ahead, r) = from_now(1400.0, &o.forecasts, &rises);
+        f.add_with_rises("web", "vfs:0000:01:00.0", &ahead, &r);
+        let pf = "0000:01:00.0".parse().expect("bdf");
+        let peak = f
+            .vm("web")
+            .and_then(|v| v.vfs.get(&pf))
+            .and_then(|o| o.peak(0.0));
+        assert_eq!(peak.map(|p| p.upper), Some(1.0));
+        // Not a number: the forecast's own horizon.
+        assert_eq!(h(f64::NAN).0, vec![60.0, 300.0]);
+        let (g, _) = from_now(1010.0, &o.forecasts, &[]);
+        assert_eq!((g[0].target_time, g[0].predicted), (1060.0, 1.0));
     }
 
     #[test]
