@@ -27,6 +27,10 @@ pub(crate) struct Ctx<'a> {
     /// Names that more than one running VM carries (their forecasts are
     /// one, right for none of them).
     pub(crate) shared_names: BTreeSet<&'a str>,
+    /// How far ahead the plan sees uses: the plan horizon, or less where the
+    /// forecasts reach less far ([`Forecasts::reach`]; their data ends
+    /// before the plan's time).
+    pub(crate) sight_s: f64,
 }
 
 impl<'a> Ctx<'a> {
@@ -61,6 +65,9 @@ impl<'a> Ctx<'a> {
                     .filter(|n| !seen.insert(*n))
                     .collect()
             },
+            sight_s: forecasts.reach().map_or(policy.plan.horizon_s, |r| {
+                r.clamp(0.0, policy.plan.horizon_s)
+            }),
             reaction_s: if host.reaction_s.is_finite() && host.reaction_s > 0.0 {
                 host.reaction_s
             } else {

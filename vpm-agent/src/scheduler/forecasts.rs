@@ -319,6 +319,18 @@ impl Forecasts {
     pub fn vm(&self, vm: &str) -> Option<&VmForecasts> {
         self.vms.get(vm)
     }
+
+    /// How far ahead the VF and device forecasts see: their longest finite
+    /// horizon, seconds; `None` without any.
+    pub fn reach(&self) -> Option<f64> {
+        self.vms
+            .values()
+            .flat_map(|v| v.vfs.values().chain(v.devices.values()))
+            .flat_map(|o| &o.points)
+            .map(|p| p.horizon_s)
+            .filter(|h| h.is_finite())
+            .reduce(f64::max)
+    }
 }
 
 #[cfg(test)]

@@ -94,8 +94,9 @@ impl PowerOutcome {
     }
 
     /// Parks `dev` (free and awake) if its awake dwell and idle grace are
-    /// over; `why` says why it is not needed. Silent otherwise: the device
-    /// is simply kept awake a while longer.
+    /// over; `why` says why it is not needed. Silent while a dwell or the
+    /// grace runs (the device is simply kept awake a while longer); deferred
+    /// with the reason when the plan could not wake it in time for a use.
     fn park(&mut self, ctx: &Ctx<'_>, dev: &DeviceState, why: String) {
         if dev.user.is_held() || dev.readiness() != Readiness::Awake {
             return;
@@ -113,17 +114,25 @@ impl PowerOutcome {
                 format!("idle for {}", secs(ctx.now - t))
             });
         // A park is undone by a wake issued `lead` seconds before the use;
-        // the plan sees uses at most its horizon ahead, so past it a park
-        // would make the next use wait for the device.
+        // the plan sees uses only so far ahead, so past it a park would make
+        // the next use wait for the device.
         let lead = ctx.wake_lead(Some(dev));
-        if lead > ctx.horizon() {
+        if lead > ctx.sight_s {
+            let sight = if ctx.sight_s < ctx.horizon() {
+                format!(
+                    "; its forecasts reach {} past the plan's time",
+                    secs(ctx.sight_s)
+                )
+            } else {
+                String::new()
+            };
             self.deferred.push(Deferred {
                 action: Some(Action::Park { bdf: dev.bdf }),
                 reason: format!(
                     "{} is free and {idle}; {why}, but waking it takes {} ({}), more than \
-                     the plan looks ahead ([plan] horizon_s = {}): it stays awake, as a park \
-                     could not be undone before its next use; a longer horizon_s or a less \
-                     loaded host lets vpm park it",
+                     the plan sees ahead ([plan] horizon_s = {}{sight}): it stays awake, as \
+                     a park could not be undone before its next use; a longer horizon_s \
+                     (and --horizons) or a less loaded host lets vpm park it",
                     dev.bdf,
                     secs(lead),
                     lead_text(ctx, dev),

@@ -489,6 +489,35 @@ proptest! {
         // Deterministic, whatever the order of the input lists.
         prop_assert_eq!(&plan(NOW, &host, &f, &policy), &p);
         prop_assert_eq!(&plan(NOW, &reversed(&host), &f, &policy), &p);
+
+        // A slow agent parks nothing it could not wake before a use the
+        // plan can see (binding a VF to attach it is another matter).
+        let mut slow = host.clone();
+        slow.reaction_s = 0.9 * policy.plan.horizon_s;
+        let p = plan(NOW, &slow, &f, &policy);
+        check(&slow, &policy, &p)?;
+        let h = policy.plan.horizon_s;
+        let sight = f.reach().map_or(h, |r| r.clamp(0.0, h));
+        for a in &p.actions {
+            let Action::Park { bdf } = a.action else { continue };
+            if a.reason.contains("so it can be attached next") {
+                continue;
+            }
+            let d = match find(&slow, bdf) {
+                Some(Found::Vf(_, d) | Found::Device(d)) => d,
+                _ => continue,
+            };
+            let latency = d
+                .wake_latency_s
+                .filter(|l| l.is_finite() && *l >= 0.0)
+                .unwrap_or(policy.plan.wake_latency_s);
+            prop_assert!(
+                slow.reaction_s + latency <= sight,
+                "parked {bdf} that takes {} s to wake, the plan seeing {sight} s: {}",
+                slow.reaction_s + latency,
+                a.reason
+            );
+        }
     }
 
     #[test]

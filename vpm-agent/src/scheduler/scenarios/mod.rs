@@ -519,29 +519,56 @@ fn a_device_is_not_parked_when_it_could_not_be_woken_in_time() {
     let mut h = host(
         vec![],
         vec![dev(bdf(NIC)).awake().changed_ago(600.0).idle_for(600.0)],
-        &[],
+        &["web-1"],
     );
+    let none = Forecasts::default();
     let park = vec![Action::Park { bdf: bdf(NIC) }];
-    assert_eq!(actions(&plan(NOW, &h, &Forecasts::default(), &pol)), park);
+    assert_eq!(actions(&plan(NOW, &h, &none, &pol)), park);
     // Waking takes exactly the horizon: still in time.
     h.reaction_s = 1.5;
-    assert_eq!(actions(&plan(NOW, &h, &Forecasts::default(), &pol)), park);
+    assert_eq!(actions(&plan(NOW, &h, &none, &pol)), park);
     h.reaction_s = 1.75;
-    let slow = plan(NOW, &h, &Forecasts::default(), &pol);
+    let deferred_park = |p: &Plan| -> Vec<String> {
+        p.deferred
+            .iter()
+            .filter(|d| d.action == Some(Action::Park { bdf: bdf(NIC) }))
+            .map(|d| d.reason.clone())
+            .collect()
+    };
+    let slow = plan(NOW, &h, &none, &pol);
     assert!(slow.actions.is_empty(), "{}", reasons(&slow));
-    let deferred: Vec<&Deferred> = slow
-        .deferred
-        .iter()
-        .filter(|d| d.action == Some(Action::Park { bdf: bdf(NIC) }))
-        .collect();
-    assert_eq!(deferred.len(), 1, "{}", reasons(&slow));
+    let why = deferred_park(&slow);
+    assert_eq!(why.len(), 1, "{}", reasons(&slow));
     assert!(
-        deferred[0].reason.contains(
+        why[0].contains(
             "but waking it takes 2.25 s (wake latency 0.5 s, plus 1.75 s the agent takes to \
-             act), more than the plan looks ahead ([plan] horizon_s = 2 s): it stays awake"
+             act), more than the plan sees ahead ([plan] horizon_s = 2 s): it stays awake"
         ),
         "{}",
-        deferred[0].reason
+        why[0]
+    );
+    // Forecasts whose data ended half a second before the plan see 1.5 s
+    // ahead of it: a 1.25 s lead parks, a 1.75 s one does not.
+    let mut idle = Forecasts::default();
+    want_device(
+        &mut idle,
+        "web-1",
+        bdf(NIC),
+        &[(0.5, 0.0, 0.0), (1.5, 0.0, 0.0)],
+    );
+    h.reaction_s = 0.75;
+    assert_eq!(actions(&plan(NOW, &h, &idle, &pol)), park);
+    h.reaction_s = 1.25;
+    let short = plan(NOW, &h, &idle, &pol);
+    assert!(short.actions.is_empty(), "{}", reasons(&short));
+    let why = deferred_park(&short);
+    assert!(
+        why.len() == 1
+            && why[0].contains(
+                "([plan] horizon_s = 2 s; its forecasts reach 1.5 s past the plan's time)"
+            ),
+        "{}",
+        reasons(&short)
     );
 }
 
