@@ -183,32 +183,40 @@ impl Pipeline {
         self.forecast_with(&mut SelectionBudget::new(0))
     }
 
-    /// Runs the model selections of one series that are due (by schedule or
-    /// drift, as in [`forecast`](Self::forecast)) on the data it has been
-    /// fed; `false` when none is due. Series are taken in key order after
-    /// the last one served, so every series gets its turn.
+    /// Runs one model selection that is due (by schedule or drift, as in
+    /// [`forecast`](Self::forecast)) on the data the series has been fed, and
+    /// refits the chosen model; `false` when none is due. Series take turns
+    /// in key order (one keeps its turn until none of its horizons is due).
     pub fn select_one(&mut self) -> bool {
-        let mut due: Vec<&SeriesKey> = self
+        let mut due: Vec<SeriesKey> = self
             .tracked
             .iter()
             .filter(|(_, t)| t.forecaster.selection_due())
-            .map(|(k, _)| k)
+            .map(|(k, _)| k.clone())
             .collect();
         due.sort();
-        let next = due
+        // From the series after the last one served, wrapping around.
+        let start = due
             .iter()
-            .find(|k| self.last_selected.as_ref().is_none_or(|l| **k > l))
-            .or_else(|| due.first())
-            .map(|k| (*k).clone());
-        let Some(key) = next else {
-            return false;
-        };
-        if let Some(t) = self.tracked.get_mut(&key) {
-            t.forecaster
-                .select_due(t.fed_until, &mut SelectionBudget::unlimited());
+            .position(|k| self.last_selected.as_ref().is_none_or(|l| k > l))
+            .unwrap_or(0);
+        due.rotate_left(start);
+        for key in due {
+            let Some(t) = self.tracked.get_mut(&key) else {
+                continue;
+            };
+            let ran = t
+                .forecaster
+                .select_due(t.fed_until, &mut SelectionBudget::new(1));
+            // A series whose selection cannot run gives up its turn.
+            if ran == 0 || !t.forecaster.selection_due() {
+                self.last_selected = Some(key);
+            }
+            if ran > 0 {
+                return true;
+            }
         }
-        self.last_selected = Some(key);
-        true
+        false
     }
 
     fn forecast_with(&mut self, budget: &mut SelectionBudget) -> Vec<SeriesOutlook> {
@@ -383,13 +391,21 @@ mod tests {
         for f in before.iter().flat_map(|o| &o.forecasts) {
             assert_eq!((f.model, f.backtest_wape), (ModelKind::LastValue, None));
         }
-        // One series per call, each once, then nothing is due.
-        let mut served = 0;
+        // One selection per call, a series' horizons in turn, each once,
+        // then nothing is due.
+        let mut served = Vec::new();
         while p.select_one() {
-            served += 1;
-            assert!(served <= p.tracked(), "a series was served twice");
+            let key = p.last_selected.clone();
+            served.push(key);
+            assert!(served.len() <= 2 * p.tracked(), "a selection ran twice");
         }
-        assert_eq!(served, p.tracked());
+        assert_eq!(served.len(), 2 * p.tracked());
+        // A series keeps its turn for its second horizon (the last served
+        // is still the one before it), then the turn passes in key order.
+        let mut done: Vec<&SeriesKey> = served.iter().flatten().collect();
+        done.dedup();
+        assert_eq!(done.len(), p.tracked(), "{served:?}");
+        assert!(done.windows(2).all(|w| w[0] < w[1]), "{done:?}");
         let after = p.forecast_now();
         assert_eq!(after.len(), before.len());
         for f in after.iter().flat_map(|o| &o.forecasts) {

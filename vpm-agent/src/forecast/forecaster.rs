@@ -14,7 +14,7 @@
 //!   points. Selections draw from a caller-owned [`SelectionBudget`], so an
 //!   agent with 1,000 series spreads them over ticks (a series that is due but
 //!   finds the budget empty keeps its current model and tries next call).
-//! - **Refit** of the chosen model at each selection and after
+//! - **Refit** of the chosen model at each selection (as part of it) and after
 //!   [`ModelKind::refit_every`] new points (ridge and SES 6, forest 60;
 //!   baselines have nothing to fit). Forecasters created together can be
 //!   de-synchronised with [`SeriesForecaster::with_phase`].
@@ -440,8 +440,9 @@ impl SeriesForecaster {
     /// Runs the selections that are due (see
     /// [`selection_due`](Self::selection_due)), as many as `budget` allows,
     /// for the horizons asked for before, with the newest point at `last_t`;
-    /// returns how many ran. Forecasts then use the chosen models. The agent
-    /// calls it between plans, so a plan never waits for a selection.
+    /// returns how many ran. Each refits the model it chose; forecasts then
+    /// use it. The agent calls this between plans, so plans do not wait for
+    /// selections.
     pub fn select_due(&mut self, last_t: f64, budget: &mut SelectionBudget) -> usize {
         if !last_t.is_finite() || self.buf.is_empty() {
             return 0;
@@ -482,38 +483,37 @@ impl SeriesForecaster {
         let st = &mut self.horizons[i];
         let h = st.h;
         self.selections += 1;
-        {
-            let incumbent = st.selected_at.map(|_| st.kind);
-            match select::select(&s, h, &cfg.select, &cfg.models, incumbent) {
-                Ok(Some(sel)) => {
-                    if sel.chosen != st.kind || st.calib.is_empty() || st.selected_at.is_none() {
-                        st.kind = sel.chosen;
-                        st.model = sel.chosen.build(&cfg.models);
-                        st.calib.reset(sel.outcomes.iter().map(|o| o.residual()));
-                    }
-                    // Refit now, on fresh data; the phase shifts the refit
-                    // schedule so forecasters do not all refit together.
-                    st.fitted_at = None;
-                    let every = st.kind.refit_every(&cfg.models);
-                    st.refit_offset = if every == usize::MAX {
-                        0
-                    } else {
-                        phase % every as u64
-                    };
-                    let every = (n / 4).clamp(8, cfg.reselect_every.max(8)) as u64;
-                    let offset = if st.selected_at.is_none() {
-                        phase % every
-                    } else {
-                        0
-                    };
-                    st.backtest = Some(sel.chosen_stats());
-                    st.selected_at = Some(total);
-                    st.recent_abs.clear();
-                    st.next_select_at = total + every - offset;
+        let incumbent = st.selected_at.map(|_| st.kind);
+        match select::select(&s, h, &cfg.select, &cfg.models, incumbent) {
+            Ok(Some(sel)) => {
+                if sel.chosen != st.kind || st.calib.is_empty() || st.selected_at.is_none() {
+                    st.kind = sel.chosen;
+                    st.model = sel.chosen.build(&cfg.models);
+                    st.calib.reset(sel.outcomes.iter().map(|o| o.residual()));
                 }
-                // Too short for a backtest: try again with the next point.
-                Ok(None) | Err(_) => st.next_select_at = total + 1,
+                // Refit now, on fresh data (here, so a forecast right after
+                // a selection does not pay for it); the phase shifts the
+                // refit schedule so forecasters do not all refit together.
+                let every = st.kind.refit_every(&cfg.models);
+                st.refit_offset = if every == usize::MAX {
+                    0
+                } else {
+                    phase % every as u64
+                };
+                refit(st, &s, &cfg.models, total, &mut self.fits);
+                let every = (n / 4).clamp(8, cfg.reselect_every.max(8)) as u64;
+                let offset = if st.selected_at.is_none() {
+                    phase % every
+                } else {
+                    0
+                };
+                st.backtest = Some(sel.chosen_stats());
+                st.selected_at = Some(total);
+                st.recent_abs.clear();
+                st.next_select_at = total + every - offset;
             }
+            // Too short for a backtest: try again with the next point.
+            Ok(None) | Err(_) => st.next_select_at = total + 1,
         }
     }
 
@@ -532,15 +532,7 @@ impl SeriesForecaster {
             .fitted_at
             .is_none_or(|t| total - t >= st.kind.refit_every(&cfg.models) as u64);
         if due {
-            if st.kind.is_learned() {
-                self.fits += 1;
-            }
-            if st.model.fit(&s, h).is_err() {
-                fall_back(st, &cfg.models, total);
-                let _ = st.model.fit(&s, h);
-            }
-            st.fitted_at = Some(total.saturating_sub(st.refit_offset));
-            st.refit_offset = 0;
+            refit(st, &s, &cfg.models, total, &mut self.fits);
         }
 
         let predicted = match st.model.predict(&s, h) {
@@ -574,6 +566,21 @@ impl SeriesForecaster {
             backtest_wape: st.backtest.map(|b| b.wape()),
         }
     }
+}
+
+/// Fits `st`'s model on `s` (falling back to the last value if it cannot
+/// be fitted) and dates the fit `refit_offset` points back; counts fits of
+/// learned models in `fits`.
+fn refit(st: &mut HorizonState, s: &Series<'_>, models: &ModelConfig, total: u64, fits: &mut u64) {
+    if st.kind.is_learned() {
+        *fits += 1;
+    }
+    if st.model.fit(s, st.h).is_err() {
+        fall_back(st, models, total);
+        let _ = st.model.fit(s, st.h);
+    }
+    st.fitted_at = Some(total.saturating_sub(st.refit_offset));
+    st.refit_offset = 0;
 }
 
 /// The buffer as a series whose newest point is at `last_t`.
@@ -666,6 +673,34 @@ mod tests {
             assert!(f.len() <= 164);
         }
         assert_eq!(f.total_observed(), 1000);
+    }
+
+    #[test]
+    fn selecting_apart_then_forecasting_is_forecasting_with_selections() {
+        // The agent's way (forecast with the models in place, select after)
+        // gives, point by point, what selecting inside the forecast gives,
+        // one forecast later: the same models, forecasts and work.
+        let v = ar1_daily(900, 10.0, T0, 50.0, 10.0, 0.8, 2.0, 3);
+        let horizons = [10.0, 60.0];
+        let mut inline = SeriesForecaster::new(10.0, ForecasterConfig::default()).unwrap();
+        let mut apart = SeriesForecaster::new(10.0, ForecasterConfig::default()).unwrap();
+        let mut none = SelectionBudget::new(0);
+        for (i, &x) in v.iter().enumerate() {
+            let t = T0 + i as f64 * 10.0;
+            inline.observe(&[x]).unwrap();
+            apart.observe(&[x]).unwrap();
+            // The first call creates the horizons; selections follow it.
+            if i == 0 {
+                apart.forecast_with_budget(t, &horizons, &mut none).unwrap();
+            }
+            apart.select_due(t, &mut SelectionBudget::unlimited());
+            let a = apart.forecast_with_budget(t, &horizons, &mut none).unwrap();
+            let b = inline.forecast(t, &horizons).unwrap();
+            assert_eq!(a, b, "point {i}");
+            assert_eq!(apart.work_done(), inline.work_done(), "point {i}");
+        }
+        assert!(inline.work_done().0 > 10, "{:?}", inline.work_done());
+        assert!(!apart.selection_due());
     }
 
     #[test]
