@@ -351,8 +351,8 @@ struct ForecastThread {
 
 impl ForecastThread {
     fn start(
-        mut pipeline: Pipeline,
-        mut controller: vpm::control::Controller,
+        pipeline: Pipeline,
+        controller: vpm::control::Controller,
         shared: Arc<Mutex<server::Shared>>,
         dir: PathBuf,
         keep: usize,
@@ -360,108 +360,17 @@ impl ForecastThread {
         // Bounded: a forecaster that falls behind makes the agent drop work
         // (said in the log), not grow without limit.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(256);
-        let selections_per_plan = pipeline.config().selections_per_export;
+        let worker = Worker {
+            selections_per_plan: pipeline.config().selections_per_export,
+            pipeline,
+            controller,
+            shared,
+            dir,
+            keep,
+        };
         let handle = std::thread::Builder::new()
             .name("vpm-forecast".into())
-            .spawn(move || {
-                // Messages taken off the channel while selecting, not yet served.
-                let mut backlog: std::collections::VecDeque<Msg> = Default::default();
-                // Selections left until the next plan or export.
-                let mut selections = 0;
-                loop {
-                    let msg = match backlog.pop_front() {
-                        Some(m) => m,
-                        None => match rx.recv() {
-                            Ok(m) => m,
-                            Err(_) => break,
-                        },
-                    };
-                    match msg {
-                        Msg::Rows(mut rows, at) => {
-                            // vpm's own activity (its sysfs writes wake devices,
-                            // which the PCI probes count) is not demand: a
-                            // forecast of it would make vpm act for itself.
-                            let me = std::process::id();
-                            rows.retain(|r| r.pid != me);
-                            // The VMs of this tick, and how many managed VFs each holds.
-                            // (pid 0 is the kernel's own work, not a VM.)
-                            let mut vms: Vec<(String, u32)> = rows
-                                .iter()
-                                .filter(|r| r.pid != 0)
-                                .map(|r| (r.vm.clone(), r.pid))
-                                .collect();
-                            vms.sort();
-                            vms.dedup();
-                            match controller.observe(at, &vms) {
-                                Ok(usage) => rows.extend(usage),
-                                Err(e) => log::error!("reading the managed devices: {e}"),
-                            }
-                            let started = std::time::Instant::now();
-                            if let Err(e) = pipeline.ingest(&rows, at) {
-                                log::error!("{:#}", anyhow::Error::new(e));
-                            }
-                            log::debug!("ingest at {at:.2}: {:.3} s", started.elapsed().as_secs_f64());
-                        }
-                        Msg::Preload(rows, at) => {
-                            if let Err(e) = pipeline.ingest(&rows, at) {
-                                log::error!("{:#}", anyhow::Error::new(e));
-                            }
-                        }
-                        Msg::Plan(t, asked) => {
-                            let queued = asked.elapsed();
-                            let mut outlook = pipeline.forecast_now();
-                            let forecast_took = asked.elapsed() - queued;
-                            // Plans use each VM's class headroom, not the
-                            // exports' fixed level.
-                            pipeline.rebound(&mut outlook, |vm| controller.headroom_level(vm));
-                            // How long the data waited for this plan (queued
-                            // rows, forecasting; a monotonic clock, so a clock
-                            // step is not a delay): devices are woken that much
-                            // earlier.
-                            controller.note_reaction(asked.elapsed().as_secs_f64());
-                            let plan = controller.step(t, &outlook);
-                            log::debug!(
-                                "plan at {t:.2}: {:.3} s queued, {:.3} s forecasting, {:.3} s planning and acting",
-                                queued.as_secs_f64(),
-                                forecast_took.as_secs_f64(),
-                                (asked.elapsed() - queued - forecast_took).as_secs_f64()
-                            );
-                            let plan = serde_json::to_value(plan).unwrap_or_default();
-                            let host = serde_json::to_value(controller.host()).unwrap_or_default();
-                            if let Ok(mut s) = shared.lock() {
-                                s.plan.plan = plan;
-                                s.plan.host = host;
-                            }
-                            selections = selections_per_plan;
-                        }
-                        Msg::Export(t) => {
-                            if let Err(e) = export_forecasts(&dir, keep, t, &mut pipeline) {
-                                log::error!("{e:#}");
-                            }
-                            if let Err(e) = export_plans(&dir, keep, t, &mut controller) {
-                                log::error!("{e:#}");
-                            }
-                            selections = selections_per_plan;
-                        }
-                    }
-                    // Model selections run between messages, one series at
-                    // a time, while no work waits: a plan waits for at most
-                    // one series' selection, never for a round of them.
-                    while selections > 0 && backlog.is_empty() {
-                        match rx.try_recv() {
-                            Ok(m) => backlog.push_back(m),
-                            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                                if pipeline.select_one() {
-                                    selections -= 1;
-                                } else {
-                                    selections = 0;
-                                }
-                            }
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                        }
-                    }
-                }
-            })
+            .spawn(move || worker.run(&rx))
             .context("cannot start the forecasting thread")?;
         Ok(Self {
             tx: Some(tx),
@@ -496,6 +405,146 @@ impl ForecastThread {
             && h.join().is_err()
         {
             log::error!("the forecasting thread panicked");
+        }
+    }
+}
+
+/// The forecasting thread's state and work.
+struct Worker {
+    pipeline: Pipeline,
+    controller: vpm::control::Controller,
+    shared: Arc<Mutex<server::Shared>>,
+    dir: PathBuf,
+    keep: usize,
+    /// Model selections (one series each) allowed after a plan or export.
+    selections_per_plan: usize,
+}
+
+impl Worker {
+    /// Serves messages until the channel closes. Model selections run
+    /// between messages, one series at a time, while no message waits (and
+    /// at least one after each plan or export, so a busy agent still
+    /// selects): a plan waits for one series' selection at most, never for a
+    /// round of them.
+    fn run(mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
+        use std::sync::mpsc::TryRecvError;
+        // A message taken off the channel while selecting, not yet served.
+        let mut next: Option<Msg> = None;
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+            };
+            let mut selections = if self.serve(msg) {
+                self.selections_per_plan
+            } else {
+                0
+            };
+            let mut first = true;
+            while selections > 0 {
+                if !first {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            next = Some(m);
+                            break;
+                        }
+                        Err(TryRecvError::Empty) => {}
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                }
+                first = false;
+                if !self.pipeline.select_one() {
+                    break;
+                }
+                selections -= 1;
+            }
+        }
+    }
+
+    /// Serves one message; `true` after a plan or an export.
+    fn serve(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Rows(rows, at) => {
+                self.ingest_tick(rows, at);
+                false
+            }
+            Msg::Preload(rows, at) => {
+                if let Err(e) = self.pipeline.ingest(&rows, at) {
+                    log::error!("{:#}", anyhow::Error::new(e));
+                }
+                // Forecasters for the preloaded series, so their
+                // selections can run before the first plan needs them.
+                self.pipeline.forecast_now();
+                true
+            }
+            Msg::Plan(t, asked) => {
+                self.plan(t, asked);
+                true
+            }
+            Msg::Export(t) => {
+                if let Err(e) = export_forecasts(&self.dir, self.keep, t, &mut self.pipeline) {
+                    log::error!("{e:#}");
+                }
+                if let Err(e) = export_plans(&self.dir, self.keep, t, &mut self.controller) {
+                    log::error!("{e:#}");
+                }
+                true
+            }
+        }
+    }
+
+    fn ingest_tick(&mut self, mut rows: Vec<long::Row>, at: f64) {
+        // vpm's own activity (its sysfs writes wake devices, which the PCI
+        // probes count) is not demand: a forecast of it would make vpm act
+        // for itself.
+        let me = std::process::id();
+        rows.retain(|r| r.pid != me);
+        // The VMs of this tick, and how many managed VFs each holds. (pid 0
+        // is the kernel's own work, not a VM.)
+        let mut vms: Vec<(String, u32)> = rows
+            .iter()
+            .filter(|r| r.pid != 0)
+            .map(|r| (r.vm.clone(), r.pid))
+            .collect();
+        vms.sort();
+        vms.dedup();
+        match self.controller.observe(at, &vms) {
+            Ok(usage) => rows.extend(usage),
+            Err(e) => log::error!("reading the managed devices: {e}"),
+        }
+        if let Err(e) = self.pipeline.ingest(&rows, at) {
+            log::error!("{:#}", anyhow::Error::new(e));
+        }
+    }
+
+    /// Plans (and acts) at `t`, asked at `asked`.
+    fn plan(&mut self, t: f64, asked: std::time::Instant) {
+        let started = std::time::Instant::now();
+        let mut outlook = self.pipeline.forecast_now();
+        // Plans use each VM's class headroom, not the exports' fixed level.
+        let controller = &mut self.controller;
+        self.pipeline
+            .rebound(&mut outlook, |vm| controller.headroom_level(vm));
+        let forecast_done = std::time::Instant::now();
+        // How long the data waited for this plan (queued work, forecasting;
+        // a monotonic clock, so a clock step is not a delay): devices are
+        // woken that much earlier.
+        controller.note_reaction(forecast_done.duration_since(asked).as_secs_f64());
+        let plan = controller.step(t, &outlook);
+        let plan = serde_json::to_value(plan).unwrap_or_default();
+        log::debug!(
+            "plan at {t:.2}: {:.3} s queued, {:.3} s forecasting, {:.3} s planning and acting",
+            started.duration_since(asked).as_secs_f64(),
+            forecast_done.duration_since(started).as_secs_f64(),
+            forecast_done.elapsed().as_secs_f64()
+        );
+        let host = serde_json::to_value(controller.host()).unwrap_or_default();
+        if let Ok(mut s) = self.shared.lock() {
+            s.plan.plan = plan;
+            s.plan.host = host;
         }
     }
 }
