@@ -602,7 +602,9 @@ fn render(
         "Policies. **vpm**: one `SeriesForecaster` per VM on its `vfs:{PF}` gauge (demand, \
          including what waits), fed each tick, with the agent's settings \
          (`PipelineConfig::agent_default`: history {} points, {} calibration residuals, \
-         horizons {} s, {} selections per tick); the upper bound at the VM's class level \
+         horizons {} s, {} selections per tick, inside the forecasts: `vpm run` runs as many \
+         between its plans, to the same models one forecast later); the upper bound at the \
+         VM's class level \
          (`bounds_at`), raised to the onset model's bound at that level (`forecast::onset`: \
          past runs at the VM's level and past days; see *What the misses say*); then \
          `scheduler::plan` with {} (preference {}, horizon {} s, {} \
