@@ -40,7 +40,8 @@
 //!    activity on it reaching `[plan] active_rate`; for free VFs, which
 //!    are interchangeable, a PF keeps awake as many as its VMs are
 //!    predicted to open beyond what they hold (and VFs a VM is predicted to
-//!    use by address stay its own).
+//!    use by address stay its own); a VM that takes VFs by hot-plug opens
+//!    none itself (an attach wakes its VF).
 //! 5. **Park.** A free device that is awake is parked once it has been
 //!    awake `[dwell] awake_s`, idle `(1 − w)·H`, and no use is predicted
 //!    within `max(lat + (1 − w)·H, [dwell] parked_s + lat)` (so the park

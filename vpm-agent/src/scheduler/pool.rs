@@ -121,13 +121,12 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
                 return None;
             }
             let class = ctx.class(vm);
-            let forecast = peak.map_or(0, |p| vf_units(p.upper)).max(hotplug);
+            let own = peak.map_or(0, |p| vf_units(p.upper));
+            let forecast = own.max(hotplug);
             let need = class.class.clamp_vfs(forecast).max(held);
-            let use_need = class
-                .class
-                .max_vfs
-                .map_or(forecast, |m| forecast.min(m))
-                .max(held);
+            // What the VM will open itself: a hot-plug VM opens only what
+            // vpm attaches to it, and an attach wakes its VF first.
+            let use_need = class.class.max_vfs.map_or(own, |m| own.min(m)).max(held);
             Some(VfDemand {
                 vm,
                 class,

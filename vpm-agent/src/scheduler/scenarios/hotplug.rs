@@ -87,6 +87,37 @@ fn a_vm_predicted_busy_gets_a_parked_vf_attached() {
 }
 
 #[test]
+fn free_vfs_are_not_kept_awake_for_vms_that_take_vfs_only_by_hot_plug() {
+    // A hot-plug VM opens only what vpm attaches (an attach wakes its VF):
+    // free VFs stay parked for it, and awake ones are parked.
+    let mut f = Forecasts::default();
+    cpu(&mut f, "lo-1", IDLE);
+    let parked = hp_host(
+        vec![dev(vf_bdf(1)), dev(vf_bdf(2))],
+        vec![vm("lo-1", 42, &[])],
+    );
+    let p = plan(NOW, &parked, &f, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    let awake = hp_host(
+        vec![
+            dev(vf_bdf(1)).awake().changed_ago(600.0).idle_for(600.0),
+            dev(vf_bdf(2)).awake().changed_ago(600.0).idle_for(600.0),
+        ],
+        vec![vm("lo-1", 42, &[])],
+    );
+    let p = plan(NOW, &awake, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![
+            Action::Park { bdf: vf_bdf(1) },
+            Action::Park { bdf: vf_bdf(2) }
+        ],
+        "{}",
+        reasons(&p)
+    );
+}
+
+#[test]
 fn no_demand_resource_no_opt_in_or_no_monitor_means_no_hot_plug() {
     let mut f = Forecasts::default();
     cpu(&mut f, "web-1", BUSY);
