@@ -863,7 +863,10 @@ fn render_hotplug(
          VM uses more than it has and detaches them all when it uses none; **static \
          (hot-plug)** attaches up to `max_attached` VFs to every VM, round by round (every \
          VM's first VF, by priority, before anyone's second), and never detaches. Scores: connected share of the servable onsets; attached-but-unused share \
-         of attached VF-time; attaches per hour; moves show as detaches.\n",
+         of attached VF-time; the parked share of the time free VFs (attached to no VM) sit \
+         idle, and wakes per hour (a VM that takes VFs only by hot-plug opens no free VF \
+         itself: vpm wakes a VF when it attaches it); attaches per hour; moves show as \
+         detaches.\n",
         lat.attach_s * 1e3,
         hp.hotplug.attached_s,
         hp.classes
@@ -875,9 +878,13 @@ fn render_hotplug(
     let _ = writeln!(
         md,
         "| trace | policy | onsets | at PF capacity | connected (of the others) | waited (woken) | \
-         not connected | attached but unused | attaches/h | detaches/h | flaps | refused |"
+         not connected | attached but unused | free VFs parked | wakes/h | attaches/h | detaches/h | \
+         flaps | refused |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for (sc, runs) in scenarios.iter().zip(runs) {
         for kind in HOT_KINDS {
             let Some(r) = runs.get(label(kind)) else {
@@ -893,7 +900,7 @@ fn render_hotplug(
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 sc.key,
                 label(kind),
                 m.onsets,
@@ -902,6 +909,8 @@ fn render_hotplug(
                 m.woken,
                 m.shortfalls,
                 pct(m.attached_idle_share()),
+                pct(m.parked_share()),
+                per_h(m.wakes),
                 per_h(m.attaches),
                 per_h(m.detaches),
                 m.flaps,
