@@ -430,6 +430,10 @@ impl Worker {
         use std::sync::mpsc::TryRecvError;
         // A message taken off the channel while selecting, not yet served.
         let mut next: Option<Msg> = None;
+        // Selections left until the next plan or export (kept across the
+        // ticks served in between), and whether one is owed even if work
+        // waits.
+        let (mut selections, mut owed) = (0, false);
         loop {
             let msg = match next.take() {
                 Some(m) => m,
@@ -438,28 +442,28 @@ impl Worker {
                     Err(_) => return,
                 },
             };
-            let mut selections = if self.serve(msg) {
-                self.selections_per_plan
-            } else {
-                0
-            };
-            let mut first = true;
+            if self.serve(msg) {
+                (selections, owed) = (self.selections_per_plan, true);
+            }
             while selections > 0 {
-                if !first {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            next = Some(m);
-                            break;
-                        }
-                        Err(TryRecvError::Empty) => {}
-                        Err(TryRecvError::Disconnected) => return,
-                    }
+                match rx.try_recv() {
+                    Ok(m) => next = Some(m),
+                    Err(TryRecvError::Empty) => {}
+                    // Stopping: no selection is worth waiting for.
+                    Err(TryRecvError::Disconnected) => return,
                 }
-                first = false;
+                if next.is_some() && !owed {
+                    break;
+                }
+                owed = false;
                 if !self.pipeline.select_one() {
+                    selections = 0;
                     break;
                 }
                 selections -= 1;
+                if next.is_some() {
+                    break;
+                }
             }
         }
     }
