@@ -71,6 +71,17 @@ impl Claim<'_> {
     }
 }
 
+/// Whether vpm hot-plugs VFs into `vm`: the policy names the resource that
+/// drives hot-plug, the VM's class opts in, vpm can reach its monitor, and
+/// no other VM carries its name. Such a VM opens no free VF itself: what it
+/// holds is what vpm attached.
+pub(crate) fn takes_part(ctx: &Ctx<'_>, vm: &VmState) -> bool {
+    ctx.policy.hotplug.demand.is_some()
+        && ctx.class(&vm.name).class.hotplug
+        && vm.hotplug.is_some()
+        && !ctx.shared_names.contains(vm.name.as_str())
+}
+
 /// `vm`'s hot-plug want within `window`: the peak of its demand resource,
 /// in VFs, capped by its class. `None` when it does not take part (its class
 /// does not opt in, vpm cannot reach its monitor, or another VM carries its
@@ -78,10 +89,10 @@ impl Claim<'_> {
 pub(crate) fn wanted(ctx: &Ctx<'_>, vm: &VmState, window: f64) -> Option<(u32, Peak)> {
     let settings = &ctx.policy.hotplug;
     let resource = settings.demand.as_deref()?;
-    let class = ctx.class(&vm.name);
-    if !class.class.hotplug || vm.hotplug.is_none() || ctx.shared_names.contains(vm.name.as_str()) {
+    if !takes_part(ctx, vm) {
         return None;
     }
+    let class = ctx.class(&vm.name);
     let peak = ctx
         .vm_forecasts(&vm.name)?
         .resource(resource)?
@@ -98,6 +109,23 @@ pub(crate) fn attach_window(ctx: &Ctx<'_>) -> f64 {
 fn keep_window(ctx: &Ctx<'_>) -> f64 {
     ctx.keep_window(ctx.wake_lead(None))
         .max(ctx.policy.hotplug.attached_s)
+}
+
+/// How many more VFs the hot-plug VMs are predicted to want attached
+/// within the keep window than they have.
+pub(crate) fn keep_shortfall(ctx: &Ctx<'_>) -> u32 {
+    let window = keep_window(ctx);
+    ctx.vm_states
+        .values()
+        .filter_map(|vm| {
+            let (keep, _) = wanted(ctx, vm, window)?;
+            let have = vm
+                .hotplug
+                .as_ref()
+                .map_or(0, |h| u32::try_from(h.attached.len()).unwrap_or(u32::MAX));
+            Some(keep.saturating_sub(have))
+        })
+        .fold(0u32, u32::saturating_add)
 }
 
 /// Hot-plug proposals and what had to wait.
@@ -274,7 +302,15 @@ pub(crate) fn plan(
             free.push((order, vf));
         }
     }
-    free.sort_by_key(|(o, vf)| (*o, vf.bdf));
+    // Among asleep ones, those parked longer than [dwell] parked_s first:
+    // the attach wakes its VF.
+    free.sort_by_key(|(o, vf)| {
+        (
+            *o,
+            !ctx.settled(vf.power_since, ctx.policy.dwell.parked_s),
+            vf.bdf,
+        )
+    });
     let mut free = free.into_iter();
 
     for i in 0..claims.len() {

@@ -121,11 +121,16 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
                 return None;
             }
             let class = ctx.class(vm);
-            let own = peak.map_or(0, |p| vf_units(p.upper));
-            let forecast = own.max(hotplug);
+            let forecast = peak.map_or(0, |p| vf_units(p.upper)).max(hotplug);
             let need = class.class.clamp_vfs(forecast).max(held);
-            // What the VM will open itself: a hot-plug VM opens only what
-            // vpm attaches to it, and an attach wakes its VF first.
+            // What the VM will open itself: a hot-plug VM opens none (its
+            // `vfs:` series counts what vpm attached to it; an attach wakes
+            // its VF first).
+            let takes_hotplug = ctx
+                .vm_states
+                .get(vm)
+                .is_some_and(|s| super::connect::takes_part(ctx, s));
+            let own = if takes_hotplug { 0 } else { forecast };
             let use_need = class.class.max_vfs.map_or(own, |m| own.min(m)).max(held);
             Some(VfDemand {
                 vm,

@@ -315,7 +315,19 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
     let (wake_demands, wake_grants) = counted(wake_w);
     let (_, keep_grants) = counted(keep_w);
     let wanted_awake: u32 = wake_grants.iter().sum();
-    let keep_awake = keep_grants.iter().sum::<u32>().max(wanted_awake);
+    // VFs hot-plug VMs are predicted to be given within the keep window:
+    // kept awake (not woken) for the attach, so it does not wake a VF
+    // parked moments before.
+    let attach_soon = if ctx.hotplug_pf == Some(pf.bdf) {
+        super::connect::keep_shortfall(ctx)
+    } else {
+        0
+    };
+    let keep_awake = keep_grants
+        .iter()
+        .sum::<u32>()
+        .saturating_add(attach_soon)
+        .max(wanted_awake);
 
     // Already awake VFs serve the highest-priority demand first; the rest is
     // served by waking VFs, rested ones first, then those whose dwell is over.

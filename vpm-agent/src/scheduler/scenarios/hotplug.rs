@@ -115,6 +115,22 @@ fn free_vfs_are_not_kept_awake_for_vms_that_take_vfs_only_by_hot_plug() {
         "{}",
         reasons(&p)
     );
+    // The agent also records what a hot-plug VM holds (`vfs:<pf>`, what vpm
+    // attached): a forecast of it wakes nothing either.
+    want_vfs(&mut f, "lo-1", &[(60.0, 1.0, 2.0), (300.0, 1.0, 2.0)]);
+    let p = plan(NOW, &parked, &f, &hp_policy(""));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    // Predicted to be given a VF within the keep window (here 601 s, past
+    // the 151 s wake window): one awake VF stays awake for that attach.
+    let mut f = Forecasts::default();
+    cpu(&mut f, "lo-1", &[(60.0, 0.0, 0.1), (300.0, 0.9, 1.1)]);
+    let p = plan(NOW, &awake, &f, &hp_policy("[dwell]\nparked_s = 600"));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Park { bdf: vf_bdf(2) }],
+        "{}",
+        reasons(&p)
+    );
 }
 
 #[test]
