@@ -864,9 +864,9 @@ fn render_hotplug(
          (hot-plug)** attaches up to `max_attached` VFs to every VM, round by round (every \
          VM's first VF, by priority, before anyone's second), and never detaches. Scores: connected share of the servable onsets; attached-but-unused share \
          of attached VF-time; the parked share of the time free VFs (attached to no VM) sit \
-         idle, and wakes per hour (a VM that takes VFs only by hot-plug opens no free VF \
-         itself: vpm wakes a VF when it attaches it); attaches per hour; moves show as \
-         detaches.\n",
+         idle, and wake actions per hour (a VM that takes VFs only by hot-plug opens no free \
+         VF itself: vpm wakes a parked VF as part of attaching it, counted as the attach, and \
+         a detach parks it again); attaches per hour; moves show as detaches.\n",
         lat.attach_s * 1e3,
         hp.hotplug.attached_s,
         hp.classes
