@@ -27,7 +27,7 @@ pub struct PipelineConfig {
     pub horizons_s: Vec<f64>,
     /// Model selections allowed per [`Pipeline::forecast`], over all series
     /// and horizons; `vpm run` allows as many calls of
-    /// [`Pipeline::select_one`] (a series each) after each plan or export.
+    /// [`Pipeline::select_one`] (one selection each) after each plan or export.
     pub selections_per_export: usize,
     /// Level series besides `vfs:<pf>` (whose unit is one VF): resource
     /// name and how much of it one unit (VF) serves, e.g. the policy's

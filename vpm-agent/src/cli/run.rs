@@ -422,10 +422,10 @@ struct Worker {
 
 impl Worker {
     /// Serves messages until the channel closes. Model selections run
-    /// between messages, one series at a time, while no message waits (and
-    /// at least one after each plan or export, so a busy agent still
-    /// selects): a plan waits for one series' selection at most, never for a
-    /// round of them.
+    /// between messages, one at a time, while no message waits (and at
+    /// least one after each plan, export or preload, so a busy agent still
+    /// selects): a plan waits for one selection at most, never for a round
+    /// of them.
     fn run(mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
         use std::sync::mpsc::TryRecvError;
         // A message taken off the channel while selecting, not yet served.
@@ -468,7 +468,8 @@ impl Worker {
         }
     }
 
-    /// Serves one message; `true` after a plan or an export.
+    /// Serves one message; `true` after a plan, an export or a preload
+    /// (selections may follow).
     fn serve(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Rows(rows, at) => {
