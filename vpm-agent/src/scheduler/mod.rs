@@ -41,15 +41,17 @@
 //!    are interchangeable, a PF keeps awake as many as its VMs are
 //!    predicted to open beyond what they hold (and VFs a VM is predicted to
 //!    use by address stay its own); a VM that takes VFs by hot-plug opens
-//!    none itself (an attach wakes its VF).
+//!    none itself (an attach wakes its VF), but free VFs it is predicted to
+//!    be given within the keep window are not parked first.
 //! 5. **Park.** A free device that is awake is parked once it has been
 //!    awake `[dwell] awake_s`, idle `(1 − w)·H`, and no use is predicted
 //!    within `max(lat + (1 − w)·H, [dwell] parked_s + lat)` (so the park
 //!    would not have to be reversed within its dwell). Held devices, and
 //!    devices used by the host or by non-VM processes, are never parked;
-//!    nor is a device whose `lat` exceeds `H` (the plan could not see its
-//!    next use early enough to wake it in time): that park is deferred with
-//!    the reason.
+//!    nor is a device whose `lat` exceeds how far the plan sees (`H`, or
+//!    less where the forecasts, counted from the plan's time, reach less
+//!    far): it could not be woken before its next use, so that park is
+//!    deferred with the reason.
 //! 6. **No flapping.** A device parked (or otherwise changed) less than
 //!    `[dwell] parked_s` ago is not woken unless the VM whose demand needs it
 //!    is of a class with `preempt_dwell`; the action then has
