@@ -111,6 +111,13 @@ fn keep_window(ctx: &Ctx<'_>) -> f64 {
         .max(ctx.policy.hotplug.attached_s)
 }
 
+/// VFs attached to `vm` now (by vpm or not).
+fn attached(vm: &VmState) -> u32 {
+    vm.hotplug
+        .as_ref()
+        .map_or(0, |h| u32::try_from(h.attached.len()).unwrap_or(u32::MAX))
+}
+
 /// How many more VFs the hot-plug VMs are predicted to want attached
 /// within the keep window than they have.
 pub(crate) fn keep_shortfall(ctx: &Ctx<'_>) -> u32 {
@@ -119,11 +126,7 @@ pub(crate) fn keep_shortfall(ctx: &Ctx<'_>) -> u32 {
         .values()
         .filter_map(|vm| {
             let (keep, _) = wanted(ctx, vm, window)?;
-            let have = vm
-                .hotplug
-                .as_ref()
-                .map_or(0, |h| u32::try_from(h.attached.len()).unwrap_or(u32::MAX));
-            Some(keep.saturating_sub(have))
+            Some(keep.saturating_sub(attached(vm)))
         })
         .fold(0u32, u32::saturating_add)
 }
@@ -193,10 +196,7 @@ pub(crate) fn plan(
         .filter_map(|vm| {
             let (want, near) = wanted(ctx, vm, near_w)?;
             let (keep, far) = wanted(ctx, vm, far_w)?;
-            let have = vm
-                .hotplug
-                .as_ref()
-                .map_or(0, |h| u32::try_from(h.attached.len()).unwrap_or(u32::MAX));
+            let have = attached(vm);
             Some(Claim {
                 vm,
                 class: ctx.class(&vm.name),

@@ -109,12 +109,15 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
                 .vm_forecasts(vm)
                 .and_then(|f| f.vfs.get(&pf.bdf))
                 .and_then(|o| o.peak(window));
+            // A VM vpm hot-plugs into opens no VF itself (its `vfs:` series
+            // counts what vpm attached to it; an attach wakes its VF first).
+            let state = ctx.vm_states.get(vm).copied();
+            let takes_hotplug = state.is_some_and(|s| super::connect::takes_part(ctx, s));
             // Hot-plug demand is served from one PF's pool (`Ctx::hotplug_pf`),
             // sized for all a VM may be given (`max_attached`): VFs attached
             // to VMs are held, so the pool can seldom change once in use.
-            let hotplug = (ctx.hotplug_pf == Some(pf.bdf))
-                .then(|| ctx.vm_states.get(vm))
-                .flatten()
+            let hotplug = state
+                .filter(|_| takes_hotplug && ctx.hotplug_pf == Some(pf.bdf))
                 .and_then(|s| super::connect::wanted(ctx, s, window))
                 .map_or(0, |_| ctx.class(vm).class.max_attached);
             if held == 0 && peak.is_none() && hotplug == 0 {
@@ -123,13 +126,7 @@ pub(crate) fn demands<'a>(ctx: &Ctx<'a>, pf: &PfState, window: f64) -> Vec<VfDem
             let class = ctx.class(vm);
             let forecast = peak.map_or(0, |p| vf_units(p.upper)).max(hotplug);
             let need = class.class.clamp_vfs(forecast).max(held);
-            // What the VM will open itself: a hot-plug VM opens none (its
-            // `vfs:` series counts what vpm attached to it; an attach wakes
-            // its VF first).
-            let takes_hotplug = ctx
-                .vm_states
-                .get(vm)
-                .is_some_and(|s| super::connect::takes_part(ctx, s));
+            // What the VM will open itself.
             let own = if takes_hotplug { 0 } else { forecast };
             let use_need = class.class.max_vfs.map_or(own, |m| own.min(m)).max(held);
             Some(VfDemand {
