@@ -641,7 +641,9 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
 fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
     let dir = tempfile::tempdir().unwrap();
     let exports = dir.path().join("exports");
-    let out = vpm()
+    let socket = dir.path().join("vpm.sock");
+    let log = dir.path().join("demo.log");
+    let mut demo = vpm()
         .args([
             "run",
             "--demo",
@@ -651,15 +653,41 @@ fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
             "5s",
         ])
         .arg("--socket")
-        .arg(dir.path().join("vpm.sock"))
+        .arg(&socket)
         .arg("--export-dir")
         .arg(&exports)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // `vpm plan` against the demo: it acts on its simulated devices, so the
+    // agent does not call its plan a dry run.
+    let mut answer = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), || {
+        let out = vpm()
+            .args(["plan", "--output", "json", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        answer = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        !answer["plan"].is_null()
+    });
+    assert!(
+        answer["apply"] == true && answer["managing"] == true && !answer["plan"].is_null(),
+        "{answer}"
+    );
+    let plan = vpm()
+        .args(["plan", "--socket"])
+        .arg(&socket)
         .output()
         .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success() && !text.contains("dry run"), "{text}");
+    let status = demo.wait().unwrap();
     assert!(
-        out.status.success(),
+        status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let read_all = |prefix: &str| -> Vec<Vec<String>> {
         let mut rows = Vec::new();

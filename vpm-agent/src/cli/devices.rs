@@ -18,7 +18,7 @@ pub enum DevicesOutput {
 #[derive(Args)]
 pub struct DevicesArgs {
     /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    #[arg(long, value_enum, default_value = "table")]
     pub output: DevicesOutput,
     #[command(flatten)]
     pub roots: RootArgs,

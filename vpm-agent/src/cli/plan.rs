@@ -26,7 +26,7 @@ pub struct PlanArgs {
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
     /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    #[arg(long, value_enum, default_value = "table")]
     output: PlanOutput,
 }
 

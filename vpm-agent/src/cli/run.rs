@@ -220,7 +220,8 @@ async fn agent(
         },
         plan: server::PlanView {
             managing: controller.managing(),
-            apply: args.apply,
+            // The demo acts on its simulated devices without --apply.
+            apply: controller.applies(),
             ..server::PlanView::default()
         },
     }));

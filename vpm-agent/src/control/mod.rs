@@ -235,6 +235,12 @@ impl Controller {
         self.managing
     }
 
+    /// Whether it acts on its backend (`vpm run --apply`, or the demo on its
+    /// simulated devices) rather than only planning.
+    pub fn applies(&self) -> bool {
+        self.apply
+    }
+
     /// Reads the managed devices and returns this tick's `vfs:<pf>` rows for
     /// the running `vms` (name, pid).
     pub fn observe(&mut self, now: f64, vms: &[(String, u32)]) -> Result<Vec<Row>, HalError> {
