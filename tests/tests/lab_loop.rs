@@ -2,9 +2,9 @@
 //! --apply` in the lab guest with a VMM-like process that uses a VF on a fixed
 //! schedule through VFIO. vpm must learn the schedule and act ahead of it:
 //! the VF pool exists before the first use, the VF is parked between uses and
-//! woken ahead of onsets (at least two thirds of the late uses find it
-//! ready, and of those after a park), and the VF count never changes under
-//! an open VF.
+//! woken ahead of onsets (every late use but at most one finds it ready,
+//! and so does every late use after a park but at most one), and the VF
+//! count never changes under an open VF.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -255,20 +255,23 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
         "parked between {parked_between};\n{agent_log}"
     );
     assert!(woken_ahead >= 2, "woken ahead {woken_ahead};\n{agent_log}");
-    // Once the schedule is learnt, most late uses find the VF awake, and
-    // most of those that follow a park were woken ahead: vpm wakes it
-    // earlier by its own reaction time, which under TCG reaches seconds
-    // (not every one: a reaction slower than the recent ones still wakes
-    // late). How often it still parks late in the run depends on the load:
-    // when its reaction time nears the horizon it can no longer wake in
-    // time, and keeps the VF awake instead (measured: 11 late parks in a
-    // run of this test alone, 2 with the other lab tests in the same boot).
+    // Once the schedule is learnt, the late uses find the VF awake, and
+    // those that follow a park were woken ahead: vpm wakes it earlier by its
+    // own reaction time, which under TCG reaches seconds. One miss is
+    // allowed for a reaction slower than the recent ones (it still wakes,
+    // late): measured (late uses ready; woken after a park) 12/12 and 9/9,
+    // 12/12 and 12/12 with a CPU hog on the host, 11/12 and 9/10, and 12/12
+    // and 12/12 in a whole lab boot. How often it still
+    // parks late in the run depends on the load: when its reaction time
+    // nears the horizon it can no longer wake in time, and keeps the VF
+    // awake instead (measured: 11 late parks in a run of this test alone, 2
+    // with the other lab tests in the same boot).
     assert!(
-        late_woken * 3 >= late_parked * 2,
+        late_woken + 1 >= late_parked,
         "late uses woken ahead after a park: {late_woken}/{late_parked};\n{agent_log}"
     );
     assert!(
-        ready * 3 >= late.len() * 2,
+        ready + 1 >= late.len(),
         "late onsets ready: {ready}/{};\n{agent_log}",
         late.len()
     );
