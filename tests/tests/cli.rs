@@ -776,7 +776,10 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
     assert!(wait_until(Duration::from_secs(20), || sock.exists()
         && lv_sock.exists()));
 
-    let out = vpm().args(["vm", "list", "--json"]).output().unwrap();
+    let out = vpm()
+        .args(["vm", "list", "--output", "json"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -296,7 +296,8 @@ fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
     assert!(topo.iter().any(|d| d.qdev_id == "rp1"), "{topo:?}");
 
     // vpm vm list: the VM, its monitor from -qmp, the free port.
-    let list: Value = serde_json::from_str(&env.vpm_ok(&["vm", "list", "--json"])).unwrap();
+    let list: Value =
+        serde_json::from_str(&env.vpm_ok(&["vm", "list", "--output", "json"])).unwrap();
     let row = list
         .as_array()
         .unwrap()
@@ -327,7 +328,8 @@ fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
     let dev = listed(&vm, vf).expect("query-pci lists the VF");
     assert_eq!((dev.vendor, dev.device), (0x1b36, 0x0010));
     assert_eq!(dev.behind.as_deref(), Some("rp1"));
-    let list: Value = serde_json::from_str(&env.vpm_ok(&["vm", "list", "--json"])).unwrap();
+    let list: Value =
+        serde_json::from_str(&env.vpm_ok(&["vm", "list", "--output", "json"])).unwrap();
     let row = &list
         .as_array()
         .unwrap()

@@ -507,7 +507,9 @@ fn pci_commands_dry_run_by_default() {
     );
 
     let out = Command::new(bin("vpm"))
-        .args(["pci", "set-vfs", PF, "2", "--apply", "--json", "--policy"])
+        .args([
+            "pci", "set-vfs", PF, "2", "--apply", "--output", "json", "--policy",
+        ])
         .arg(&path)
         .output()
         .unwrap();

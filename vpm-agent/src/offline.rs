@@ -30,6 +30,38 @@ pub enum OfflineError {
         /// The step.
         step_s: f64,
     },
+    /// The step is longer than the store's longest (one day).
+    #[error(
+        "{file}: a step of {step_s} s{} is longer than one day, the longest vpm resamples to; \
+         give --step (e.g. --step 5m)",
+        if *inferred { " (inferred: the median interval between a series' rows)" } else { "" }
+    )]
+    StepTooLong {
+        /// The file.
+        file: String,
+        /// The step.
+        step_s: f64,
+        /// Whether it was inferred rather than given.
+        inferred: bool,
+    },
+    /// The file spans more points per series than vpm keeps.
+    #[error(
+        "{file}: its rows span {span_s} s (from {first} to {last}), more than 1e8 steps of \
+         {step_s} s per series; give a larger --step, or check for a stray timestamp far \
+         from the others"
+    )]
+    TooManyPoints {
+        /// The file.
+        file: String,
+        /// Seconds from the first row to the last.
+        span_s: f64,
+        /// The step.
+        step_s: f64,
+        /// The first row's time.
+        first: f64,
+        /// The last row's time.
+        last: f64,
+    },
     /// Resampling failed.
     #[error("resampling {file}")]
     Store {
@@ -51,6 +83,12 @@ pub enum OfflineError {
         source: ForecastError,
     },
 }
+
+/// The longest step vpm resamples to (the store's limit), seconds.
+const MAX_STEP_S: f64 = 86_400.0;
+
+/// The most points per series a file may span (the store's limit).
+const MAX_POINTS: f64 = 1e8;
 
 /// What was loaded.
 #[derive(Clone, Debug, Serialize)]
@@ -92,11 +130,36 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
     if !(step_s.is_finite() && step_s >= 0.001) {
         return Err(OfflineError::BadStep { step_s });
     }
-    let span = trace
+    if step_s > MAX_STEP_S {
+        return Err(OfflineError::StepTooLong {
+            file,
+            step_s,
+            inferred: step_inferred,
+        });
+    }
+    // The file's span, first row to last over every series: the store keeps
+    // data back from the newest sample, so a series that ends early is kept
+    // only if the retention covers the whole file.
+    let first = trace
         .series
         .iter()
-        .filter_map(|s| Some(s.timestamps.last()? - s.timestamps.first()?))
-        .fold(0.0_f64, f64::max);
+        .filter_map(|s| s.timestamps.first().copied())
+        .fold(f64::INFINITY, f64::min);
+    let last = trace
+        .series
+        .iter()
+        .filter_map(|s| s.timestamps.last().copied())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let span = if first <= last { last - first } else { 0.0 };
+    if span / step_s > MAX_POINTS {
+        return Err(OfflineError::TooManyPoints {
+            file,
+            span_s: span,
+            step_s,
+            first,
+            last,
+        });
+    }
     let cfg = StoreConfig {
         // An offline file is kept whole, however long it is.
         fine_retention_s: span + 2.0 * step_s,
@@ -113,11 +176,35 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
     let mut store = Store::new(cfg).map_err(store_err)?;
     store.ingest_trace(&trace).map_err(store_err)?;
     store.finish().map_err(store_err)?;
-    let series = store
+    let series: Vec<RegularSeries> = store
         .keys()
         .into_iter()
         .filter_map(|k| store.series(&k.vm, &k.resource))
         .collect();
+    // A series with a gap longer than the store bridges restarts after it:
+    // say how much of it the forecasts and evaluations use.
+    for s in &series {
+        let Some(rows) = trace
+            .series
+            .iter()
+            .find(|t| t.vm == s.vm && t.resource == s.resource)
+        else {
+            continue;
+        };
+        let before = rows.timestamps.iter().filter(|t| **t < s.start).count();
+        if before > 0 {
+            log::warn!(
+                "{file}: {}/{}: {before} of its {} rows come before a gap longer than the \
+                 store bridges at a {step_s} s step; only the {} points from {} on are used \
+                 (a larger --step bridges longer gaps)",
+                s.vm,
+                s.resource,
+                rows.timestamps.len(),
+                s.values.len(),
+                s.start
+            );
+        }
+    }
     let ReadSummary {
         rows,
         out_of_order_rows,
@@ -150,7 +237,23 @@ pub struct SeriesForecasts {
     pub forecasts: Vec<Forecast>,
 }
 
-/// Forecasts every series at every horizon from its last point.
+/// `horizons_s` without those that round up to the same whole number of
+/// steps as an earlier one (`5s,10s` at a 10 s step is one horizon), in the
+/// given order; a horizon the forecaster refuses is kept, for it to say why.
+pub fn distinct_horizons(horizons_s: &[f64], step_s: f64) -> Vec<f64> {
+    let mut seen = std::collections::BTreeSet::new();
+    horizons_s
+        .iter()
+        .copied()
+        .filter(|h| match crate::forecast::horizon_steps(*h, step_s) {
+            Ok(steps) => seen.insert(steps),
+            Err(_) => true,
+        })
+        .collect()
+}
+
+/// Forecasts every series at every horizon from its last point (horizons
+/// that round to the same number of steps once).
 pub fn forecast_all(
     series: &[RegularSeries],
     horizons_s: &[f64],
@@ -167,7 +270,8 @@ pub fn forecast_all(
             let mut f = SeriesForecaster::new(s.step_s, cfg.clone()).map_err(err)?;
             f.observe(&s.values).map_err(err)?;
             let origin = s.end();
-            let forecasts = f.forecast(origin, horizons_s).map_err(err)?;
+            let horizons = distinct_horizons(horizons_s, s.step_s);
+            let forecasts = f.forecast(origin, &horizons).map_err(err)?;
             Ok(SeriesForecasts {
                 vm: s.vm.clone(),
                 resource: s.resource.clone(),
@@ -230,8 +334,10 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// Rolling-origin evaluation of every series (see [`evaluate`]).
+/// Rolling-origin evaluation of every series (see [`evaluate`]; horizons
+/// that round to the same number of steps once).
 pub fn evaluate_all(loaded: Loaded, horizons_s: &[f64], opts: &EvalOptions) -> EvalReport {
+    let horizons_s = &distinct_horizons(horizons_s, loaded.step_s)[..];
     let series: Vec<SeriesEvalEntry> = loaded
         .series
         .iter()
@@ -357,5 +463,87 @@ mod tests {
             msg.contains("bad.csv:3") && msg.contains("column 5"),
             "{msg}"
         );
+    }
+
+    fn rows(vm: &str, from: f64, n: usize, step: f64) -> String {
+        (0..n)
+            .map(|i| format!("{},{vm},1,cpu,{}\n", from + i as f64 * step, 1 + i % 3))
+            .collect()
+    }
+
+    #[test]
+    fn series_that_end_or_start_apart_are_all_kept_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("apart.csv");
+        // a: 200 rows; b: 200 rows starting after a ended; c: a stray early row.
+        let text = format!(
+            "timestamp,vm,pid,resource,value\n{}{}{}{}",
+            rows("a", 1_700_000_000.0, 200, 10.0),
+            rows("b", 1_700_010_000.0, 200, 10.0),
+            rows("c", 1_700_000_000.0, 200, 10.0),
+            rows("c", 1_699_999_000.0, 1, 10.0),
+        );
+        std::fs::write(&path, text).expect("write");
+        let loaded = load(&path, None, &ReadOptions::default()).expect("load");
+        let points: Vec<(&str, usize)> = loaded
+            .series
+            .iter()
+            .map(|s| (s.vm.as_str(), s.values.len()))
+            .collect();
+        // c's stray row is before a long gap: the series restarts after it.
+        assert_eq!(points, vec![("a", 200), ("b", 200), ("c", 200)]);
+    }
+
+    #[test]
+    fn data_that_breaks_the_store_limits_names_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("far.csv");
+        // Two rows three years apart: the inferred step is over a day.
+        std::fs::write(
+            &path,
+            "timestamp,vm,pid,resource,value\n1600000000,a,1,cpu,1\n1700000000,a,1,cpu,1\n",
+        )
+        .expect("write");
+        let msg = load(&path, None, &ReadOptions::default())
+            .expect_err("step")
+            .to_string();
+        assert!(
+            msg.contains("far.csv") && msg.contains("inferred") && msg.contains("--step"),
+            "{msg}"
+        );
+        // A stray timestamp far from the rest at a fine step.
+        std::fs::write(
+            &path,
+            format!(
+                "timestamp,vm,pid,resource,value\n{}0,b,1,cpu,1\n",
+                rows("a", 1_700_000_000.0, 10, 10.0)
+            ),
+        )
+        .expect("write");
+        let msg = load(&path, Some(0.01), &ReadOptions::default())
+            .expect_err("span")
+            .to_string();
+        assert!(
+            msg.contains("far.csv") && msg.contains("stray timestamp") && msg.contains("--step"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn horizons_that_round_to_the_same_step_count_once() {
+        assert_eq!(
+            distinct_horizons(&[5.0, 10.0, 60.0, 55.0], 10.0),
+            vec![5.0, 60.0]
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_trace(dir.path(), 1.0);
+        let loaded = load(&path, None, &ReadOptions::default()).expect("load");
+        let out = forecast_all(
+            &loaded.series[..1],
+            &[5.0, 10.0],
+            &ForecasterConfig::default(),
+        )
+        .expect("forecast");
+        assert_eq!(out[0].forecasts.len(), 1);
     }
 }

@@ -1,25 +1,18 @@
 //! `vpm devices`: the PCI inventory, as readable as `lspci -nn`.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use vpm::inventory::DeviceRow;
 
 use super::RootArgs;
-
-/// Output formats of `vpm devices`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DevicesOutput {
-    /// A table, one line per function.
-    Table,
-    /// A JSON array, one object per function (fields as in the README).
-    Json,
-}
+use super::output::Format;
 
 /// Arguments of `vpm devices`.
 #[derive(Args)]
 pub struct DevicesArgs {
-    /// Output format.
+    /// Output format: a table, or a JSON array with one object per function
+    /// (fields in the README).
     #[arg(long, value_enum, default_value = "table")]
-    pub output: DevicesOutput,
+    pub output: Format,
     #[command(flatten)]
     pub roots: RootArgs,
 }
@@ -27,8 +20,8 @@ pub struct DevicesArgs {
 pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     let rows = vpm::inventory::list(&args.roots.roots())?;
     let text = match args.output {
-        DevicesOutput::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
-        DevicesOutput::Table => table(&rows),
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+        Format::Table => table(&rows),
     };
     super::output::emit(None, &text)
 }

@@ -8,7 +8,7 @@ use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
 use vpm::forecast::EvalOptions;
 use vpm::offline::{self, EvalReport};
 
-use super::output::{self, Output};
+use super::output::{self, Format};
 use super::{InputArgs, durations};
 
 /// Arguments of `vpm eval`.
@@ -19,18 +19,15 @@ pub struct EvalArgs {
     /// Horizons to evaluate, comma-separated (rounded up to whole steps).
     #[arg(long, default_value = "10s,60s", value_parser = durations, value_name = "DURATIONS")]
     horizons: super::Durations,
-    /// Output format (`csv` is not available here).
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    output: Format,
     /// Write to FILE instead of stdout.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    if args.output == Output::Csv {
-        anyhow::bail!("vpm eval prints `table` or `json`; `csv` is for samples and forecasts");
-    }
     let loaded = args.input.load()?;
     let horizons = args.horizons.seconds();
     log::info!(
@@ -41,12 +38,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     );
     let report = offline::evaluate_all(loaded, &horizons, &EvalOptions::default());
     let text = match args.output {
-        Output::Json => {
+        Format::Json => {
             let mut s = serde_json::to_string_pretty(&report).context("encoding JSON")?;
             s.push('\n');
             s
         }
-        _ => table(&report),
+        Format::Table => table(&report),
     };
     output::emit(args.out.as_deref(), &text)
 }

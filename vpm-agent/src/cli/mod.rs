@@ -108,9 +108,9 @@ pub struct ActArgs {
     /// (and, for `vpm vm`, [hotplug] and the classes that take hot-plugged VFs).
     #[arg(long, global = true, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
     pub policy: PathBuf,
-    /// Print the report as JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// Output format of the report.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: output::Format,
     /// vpm's state directory: the journal of applied actions lives there.
     #[arg(long, global = true, default_value = vpm::executor::journal::DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -149,7 +149,7 @@ impl ActArgs {
             opts,
             journal.as_mut(),
         )?;
-        pci::print(&report, self.json)
+        pci::print(&report, self.output == output::Format::Json)
     }
 }
 

@@ -20,6 +20,15 @@ pub enum Output {
     Csv,
 }
 
+/// Output formats of the commands that print a report rather than samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human tables.
+    Table,
+    /// JSON (each command's shape is in the README).
+    Json,
+}
+
 /// Writes `text` to `out` (a file, written atomically) or stdout.
 pub fn emit(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
     match out {

@@ -3,21 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use comfy_table::Table;
 
-use super::output::new_table;
+use super::output::{Format, new_table};
 use vpm::api::{self, Response};
 use vpm::scheduler::Plan;
-
-/// Output formats of `vpm plan`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PlanOutput {
-    /// Tables: actions, deferred, recommendations.
-    Table,
-    /// The agent's answer as JSON (`plan`, `host`, `managing`, `apply`).
-    Json,
-}
 
 /// Arguments of `vpm plan`.
 #[derive(Args)]
@@ -25,9 +16,10 @@ pub struct PlanArgs {
     /// The agent's socket.
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
-    /// Output format.
+    /// Output format: tables, or the agent's answer as JSON (`plan`, `host`,
+    /// `managing`, `apply`).
     #[arg(long, value_enum, default_value = "table")]
-    output: PlanOutput,
+    output: Format,
 }
 
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
@@ -42,7 +34,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     else {
         anyhow::bail!("the agent answered something else than a plan");
     };
-    if args.output == PlanOutput::Json {
+    if args.output == Format::Json {
         let all =
             serde_json::json!({ "plan": plan, "host": host, "managing": managing, "apply": apply });
         println!("{}", serde_json::to_string_pretty(&all)?);

@@ -117,7 +117,7 @@ fn resolve(proc_root: &std::path::Path, arg: &str) -> anyhow::Result<VmRef> {
 
 fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Result<()> {
     let vms = connect::list_vms(&args.act.roots.proc_root, settings).context("listing the VMs")?;
-    if args.act.json {
+    if args.act.output == super::output::Format::Json {
         let rows: Vec<serde_json::Value> = vms.iter().map(json_row).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -19,7 +19,11 @@
 //! The forecast interval is `lower = max(0, ŷ + r_lo)` and
 //! `upper = max(ŷ + r_hi, lower)`: the central interval between the lower and
 //! upper levels (defaults 0.05 and 0.95: a 90 % central interval whose upper
-//! end is the p95 bound), clamped at 0 because usage is never negative.
+//! end is the p95 bound), clamped at 0 because usage is never negative. It
+//! needs enough residuals for both levels to be ranks within them (19 for
+//! p05 and p95, [`enough_for`]); with fewer the forecaster gives its wide
+//! uncalibrated interval instead. It is calibrated, not centred: a model
+//! that errs one way has its point forecast near, or even outside, one end.
 
 use std::collections::VecDeque;
 
@@ -46,6 +50,18 @@ fn quantile_sorted(sorted: &[f64], level: f64) -> f64 {
         ((n + 1) as f64 * level).floor() as usize
     };
     sorted[k.clamp(1, n) - 1]
+}
+
+/// Whether `n` residuals place the conformal quantile at `level` within
+/// them: `⌈(n+1)·q⌉ ≤ n` for an upper level, `⌊(n+1)·q⌋ ≥ 1` for a lower one
+/// (19 residuals for p95 or p05).
+pub fn enough_for(n: usize, level: f64) -> bool {
+    let x = (n + 1) as f64 * level.clamp(0.0, 1.0);
+    if level >= 0.5 {
+        x.ceil() <= n as f64
+    } else {
+        x.floor() >= 1.0
+    }
 }
 
 /// A rolling window of signed residuals for one series and horizon.
@@ -120,8 +136,13 @@ impl ConformalBuffer {
     }
 
     /// `(lower, upper)` around `predicted` at the two levels, clamped at 0
-    /// (see the module docs); `None` when empty.
+    /// (see the module docs); `None` when there are too few residuals for
+    /// either level to be a rank within them ([`enough_for`]): an interval
+    /// from a handful of residuals would be far narrower than it claims.
     pub fn interval(&mut self, predicted: f64, lower: f64, upper: f64) -> Option<(f64, f64)> {
+        if !enough_for(self.res.len(), lower) || !enough_for(self.res.len(), upper) {
+            return None;
+        }
         let lo = (predicted + self.quantile(lower)?).max(0.0);
         let hi = (predicted + self.quantile(upper)?).max(lo);
         Some((lo, hi))
@@ -138,6 +159,17 @@ impl ConformalBuffer {
 mod tests {
     use super::*;
     use crate::forecast::synth::Rng;
+
+    #[test]
+    fn an_interval_needs_enough_residuals_for_both_levels() {
+        assert!(!enough_for(18, 0.95) && enough_for(19, 0.95));
+        assert!(!enough_for(18, 0.05) && enough_for(19, 0.05));
+        let mut b = ConformalBuffer::new(64);
+        b.reset([0.1]);
+        assert_eq!(b.interval(1.0, 0.05, 0.95), None, "one residual");
+        b.reset((1..=19).map(f64::from));
+        assert_eq!(b.interval(1.0, 0.05, 0.95), Some((2.0, 20.0)));
+    }
 
     #[test]
     fn quantile_ranks() {
@@ -160,11 +192,21 @@ mod tests {
         }
         assert_eq!(b.len(), 3);
         // -10 rolled out of [1, 2, 3]: lower rank floor(4·0.05) = 0 → the
-        // smallest (1), upper rank ceil(4·0.95) = 4 > 3 → the largest (3).
-        assert_eq!(b.interval(1.0, 0.05, 0.95), Some((2.0, 4.0)));
+        // smallest (1), upper rank ceil(4·0.95) = 4 > 3 → the largest (3);
+        // too few for an interval at those levels.
+        assert_eq!(b.quantile(0.05), Some(1.0));
+        assert_eq!(b.quantile(0.95), Some(3.0));
+        assert_eq!(b.interval(1.0, 0.05, 0.95), None);
+        assert_eq!(b.interval(1.0, 0.25, 0.75), Some((2.0, 4.0)));
         b.reset([-5.0, -4.0]);
-        assert_eq!(b.interval(1.0, 0.05, 0.95), Some((0.0, 0.0)));
         assert_eq!(b.mean_abs(), Some(4.5));
+        let mut b = ConformalBuffer::new(32);
+        b.reset((0..19).map(|i| -5.0 - f64::from(i)));
+        assert_eq!(
+            b.interval(1.0, 0.05, 0.95),
+            Some((0.0, 0.0)),
+            "clamped at 0"
+        );
     }
 
     /// Exchangeable residuals: the p95 upper bound from 256 calibration

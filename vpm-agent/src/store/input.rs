@@ -188,9 +188,15 @@ pub enum InputErrorKind {
         /// The field.
         text: String,
     },
-    /// Too far in the future.
+    /// Too far in the future (a number).
     #[error("{text:?} is past the year 5138; timestamps are unix seconds, not milliseconds")]
     TimestampTooLarge {
+        /// The field.
+        text: String,
+    },
+    /// Too far in the future (an RFC 3339 date).
+    #[error("{text:?} is past the year 5138, the latest date vpm reads")]
+    DateTooLate {
         /// The field.
         text: String,
     },
@@ -311,7 +317,7 @@ impl<R: BufRead> Records<R> {
         if header_ok {
             for (i, name) in COLUMNS.iter().enumerate() {
                 let text = me.field_str(i, line)?;
-                let text = text.trim_start_matches('\u{feff}').trim();
+                let text = text.trim();
                 if !text.eq_ignore_ascii_case(name) {
                     header_ok = false;
                 }
@@ -371,6 +377,11 @@ impl<R: BufRead> Records<R> {
             self.raw.clear();
             if !self.read_line()? {
                 return Ok(None);
+            }
+            // A byte-order mark (spreadsheets, PowerShell) before the header,
+            // which may be quoted.
+            if self.line == 1 && self.raw.starts_with(b"\xEF\xBB\xBF") {
+                self.raw.drain(..3);
             }
             if self.raw.iter().all(|b| b.is_ascii_whitespace()) {
                 self.blank_lines += 1;
@@ -579,7 +590,8 @@ pub fn parse_timestamp(text: &str) -> Result<i64, InputErrorKind> {
     if t.is_empty() {
         return Err(InputErrorKind::EmptyField);
     }
-    let seconds = if looks_numeric(t) {
+    let numeric = looks_numeric(t);
+    let seconds = if numeric {
         let v: f64 = t
             .parse()
             .map_err(|_| InputErrorKind::BadTimestamp { text: t.to_owned() })?;
@@ -594,7 +606,12 @@ pub fn parse_timestamp(text: &str) -> Result<i64, InputErrorKind> {
         return Err(InputErrorKind::TimestampBefore1970 { text: t.to_owned() });
     }
     if seconds >= MAX_TIMESTAMP_S {
-        return Err(InputErrorKind::TimestampTooLarge { text: t.to_owned() });
+        let text = t.to_owned();
+        return Err(if numeric {
+            InputErrorKind::TimestampTooLarge { text }
+        } else {
+            InputErrorKind::DateTooLate { text }
+        });
     }
     // In range, so the product fits an i64 with room to spare.
     Ok((seconds * 1000.0).round() as i64)
@@ -1025,6 +1042,12 @@ mod tests {
             t.series[0].resource, "cpu",
             "CR is not part of the last field"
         );
+        // A BOM before a quoted header (PowerShell's Export-Csv).
+        let t = read_str(
+            "\u{feff}\"timestamp\",\"vm\",\"pid\",\"resource\",\"value\"\n\"1700000000\",\"a\",\"1\",\"cpu\",\"2\"\n",
+        )
+        .expect("quoted header after a BOM");
+        assert_eq!(t.series[0].values, vec![2.0]);
     }
 
     #[test]
@@ -1067,6 +1090,11 @@ mod tests {
         );
         let m = err(&format!("{H}1700000000000,a,1,cpu,1\n"), 2, Some(1));
         assert!(m.contains("not milliseconds"), "{m}");
+        let m = err(&format!("{H}9999-12-31T23:59:59Z,a,1,cpu,1\n"), 2, Some(1));
+        assert!(
+            m.contains("past the year 5138") && !m.contains("milliseconds"),
+            "{m}"
+        );
         let m = err(&format!("{H}-5,a,1,cpu,1\n"), 2, Some(1));
         assert!(m.contains("before 1970"), "{m}");
         err(&format!("{H}NaN,a,1,cpu,1\n"), 2, Some(1));
