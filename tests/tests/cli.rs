@@ -188,6 +188,22 @@ fn tracefs_not_mounted_names_the_mount_command() {
     let expected = format!("tracefs not mounted at {}", dir.path().display());
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("mount -t tracefs nodev"), "{stderr}");
+
+    // `vpm record` fails the same way before it touches its --out file.
+    let kept = dir.path().join("kept.csv");
+    std::fs::write(&kept, "recorded before\n").expect("write");
+    let out = vpm()
+        .args(["record", "--duration", "1s", "--tracefs"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&kept)
+        .output()
+        .expect("vpm");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(&kept).expect("read"),
+        "recorded before\n"
+    );
 }
 
 #[test]

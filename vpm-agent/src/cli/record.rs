@@ -27,6 +27,8 @@ pub struct RecordArgs {
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
     let stop = stop_flag();
+    // Load and attach first: a failure leaves an existing --out file alone.
+    let mut monitor = Monitor::start(&args.collect.monitor_options())?;
     let sink: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -35,7 +37,6 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<()> {
         None => Box::new(std::io::stdout()),
     };
     let mut writer = long::Writer::new(sink).context("writing the CSV header")?;
-    let mut monitor = Monitor::start(&args.collect.monitor_options())?;
     log::info!("{}", monitor.attach_summary());
     log::info!("recording for {:?}", args.duration);
     let interval = args.collect.interval;

@@ -118,6 +118,15 @@ pub enum TelemetryError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// tracefs is mounted but this user may not read it.
+    #[error(
+        "tracefs at {path} is not readable by this user (it is usually mode 0700): run vpm \
+         as root, or let it read tracefs (`mount -o remount,mode=0755 {path}`)"
+    )]
+    TracefsDenied {
+        /// Mount point.
+        path: PathBuf,
+    },
     /// Mounting tracefs failed.
     #[error("cannot mount tracefs at {path}; mount it with `mount -t tracefs nodev {path}`")]
     TracefsMount {
@@ -210,12 +219,19 @@ impl Telemetry {
     /// be attached (or the host cannot load eBPF programs).
     pub fn load(opts: &LoadOptions) -> Result<Self, TelemetryError> {
         preflight::check_privileges()?;
+        // The kvm tracepoints tracefs lists; `None`: it could not be read, so
+        // each is tried (BTF and raw tracepoints attach by name, without
+        // tracefs).
         let events = match preflight::kvm_events(&opts.tracefs, opts.mount_tracefs) {
-            Ok(events) => events,
+            Ok(events) => Some(events),
             // VFIO/PCI telemetry can still work (a host without KVM loaded, the lab guest).
             Err(e @ TelemetryError::KvmTracepointsMissing { .. }) => {
                 log::warn!("{e}; counting VFIO/PCI events only");
-                Vec::new()
+                Some(Vec::new())
+            }
+            Err(e @ TelemetryError::TracefsDenied { .. }) => {
+                log::warn!("{e}; trying every kvm tracepoint without the list");
+                None
             }
             Err(e) => return Err(e),
         };
@@ -246,7 +262,10 @@ impl Telemetry {
 
         let mut attachments = Vec::with_capacity(TRACEPOINTS.len());
         for tp in TRACEPOINTS {
-            let state = if !events.iter().any(|e| e == tp.name) {
+            let state = if events
+                .as_ref()
+                .is_some_and(|ev| !ev.iter().any(|e| e == tp.name))
+            {
                 AttachState::Absent
             } else {
                 attach(&mut ebpf, tp, btf.as_ref())

@@ -55,6 +55,15 @@ pub fn check_privileges() -> Result<(), TelemetryError> {
 /// Returns the names of the events under `<tracefs>/events/kvm`.
 pub fn kvm_events(tracefs: &Path, may_mount: bool) -> Result<Vec<String>, TelemetryError> {
     let events = tracefs.join("events");
+    // Mounted but not readable (tracefs is mode 0700): mounting again would
+    // not help; say who may read it.
+    if let Err(e) = std::fs::metadata(&events)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(TelemetryError::TracefsDenied {
+            path: tracefs.to_path_buf(),
+        });
+    }
     if !events.is_dir() && may_mount {
         mount_tracefs(tracefs)?;
     }
