@@ -221,6 +221,18 @@ fn bad_arguments_teach_the_syntax() {
             predicates::str::contains("table"),
             predicates::str::contains("json"),
         ));
+    // Batch-report options without --once would be ignored by the live view.
+    vpm()
+        .args(["top", "--duration", "2s", "--output", "json"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("--once"));
+    // A format where a command has none to offer is not offered.
+    vpm()
+        .args(["eval", "--input", "x.csv", "--output", "csv"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("possible values: table, json"));
 }
 
 /// Splits one CSV line into fields (RFC 4180 quoting).

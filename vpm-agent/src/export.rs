@@ -34,6 +34,42 @@ pub enum ExportError {
     /// The path has no file name.
     #[error("{0} is not a file path")]
     NotAFile(PathBuf),
+    /// The path is a directory.
+    #[error("{0} is a directory; give a file path in it")]
+    IsDir(PathBuf),
+    /// The file's directory does not exist.
+    #[error(
+        "cannot write {path}: the directory {dir} does not exist; create it or give another path"
+    )]
+    NoDir {
+        /// The file.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+}
+
+/// Checks that `path` can be a file vpm writes: not a directory, in a
+/// directory that exists. Commands that work for a while before writing
+/// check first, so a typo costs nothing.
+pub fn check_writable(path: &Path) -> Result<(), ExportError> {
+    if path.is_dir() {
+        return Err(ExportError::IsDir(path.to_path_buf()));
+    }
+    if path.file_name().is_none() {
+        return Err(ExportError::NotAFile(path.to_path_buf()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(ExportError::NoDir {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
@@ -45,16 +81,24 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// fsync, and a rename: readers see the old file or the new one, never half.
+/// Errors name `path`, not the temporary file, and leave no temporary file
+/// behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    check_writable(path)?;
     let name = path
         .file_name()
         .ok_or_else(|| ExportError::NotAFile(path.to_path_buf()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f = std::fs::File::create(&tmp).map_err(write_err(&tmp))?;
-    f.write_all(bytes)
+    let mut f = std::fs::File::create(&tmp).map_err(write_err(path))?;
+    let written = f
+        .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(write_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(write_err(path))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(path)(e));
+    }
+    Ok(())
 }
 
 /// Removes the oldest `<prefix>*.csv` files in `dir` beyond the newest `keep`.
@@ -139,6 +183,25 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.csv")]);
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_a_file_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = write_atomic(dir.path(), b"x").expect_err("a directory");
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        let missing = dir.path().join("no/such/f.csv");
+        let err = write_atomic(&missing, b"x").expect_err("no directory");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("f.csv") && msg.contains("does not exist") && !msg.contains(".f.csv.tmp"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("list").count(),
+            0,
+            "nothing left behind"
+        );
     }
 
     #[test]

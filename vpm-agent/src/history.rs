@@ -94,7 +94,9 @@ impl History {
     }
 
     /// The window over the last `seconds` before the newest tick. The tick just
-    /// before the window supplies the host counters' baseline.
+    /// before the window supplies the host counters' baseline. When the
+    /// history is shorter, the window starts at its oldest tick (whose events
+    /// came before it): its `window_s` says how much it covers.
     pub fn window(&self, seconds: f64) -> Window {
         let Some(newest) = self.ticks.back() else {
             return Window::default();
@@ -104,7 +106,8 @@ impl History {
             .ticks
             .iter()
             .position(|t| t.at > from + 1e-9)
-            .unwrap_or(self.ticks.len());
+            .unwrap_or(self.ticks.len())
+            .max(1);
         let mut window = match first_inside.checked_sub(1).and_then(|i| self.ticks.get(i)) {
             Some(base) => {
                 let mut w = Window::starting_at(base.at);
@@ -113,7 +116,8 @@ impl History {
                 }
                 w
             }
-            None => Window::starting_at(from.max(0.0)),
+            // No tick at all (unreachable: there is a newest one).
+            None => Window::starting_at(newest.at),
         };
         for tick in self.ticks.iter().skip(first_inside) {
             tick.add_to(&mut window);
@@ -190,5 +194,9 @@ mod tests {
         let r = h.window(3.0).report();
         assert_eq!(r.window_s, 3.0);
         assert_eq!(r.vms[0].events["pio"], 8 + 9 + 10);
+        // Longer than the history: from the oldest tick, and says so.
+        let r = h.window(60.0).report();
+        assert_eq!(r.window_s, 9.0);
+        assert_eq!(r.vms[0].events["pio"], (2..=10).sum::<u64>());
     }
 }

@@ -89,6 +89,15 @@ pub enum ApiError {
         #[source]
         source: std::io::Error,
     },
+    /// An agent's socket is there, but this user may not use it.
+    #[error(
+        "the vpm agent's socket {path} is not open to this user (the agent makes it owner-only): \
+         run this command as root, or as the user running `vpm run`"
+    )]
+    Denied {
+        /// The socket path.
+        path: PathBuf,
+    },
     /// Reading or writing the socket failed.
     #[error("talking to the agent failed")]
     Io(#[source] std::io::Error),
@@ -123,9 +132,17 @@ pub fn call<S: Read + Write>(stream: &mut S, request: &Request) -> Result<Respon
 
 /// Connects to the agent at `path`.
 pub fn connect(path: &std::path::Path) -> Result<std::os::unix::net::UnixStream, ApiError> {
-    std::os::unix::net::UnixStream::connect(path).map_err(|source| ApiError::NoAgent {
-        path: path.to_path_buf(),
-        source,
+    std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ApiError::Denied {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ApiError::NoAgent {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })
 }
 

@@ -47,7 +47,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "2h", value_parser = duration)]
     forecast_history: Duration,
     /// The policy file: which devices vpm manages and how (QoS classes, dwell
-    /// times, …). Without one vpm observes and forecasts but manages nothing.
+    /// times, …). Without one at the default path vpm observes and forecasts
+    /// but manages nothing; a FILE given here must exist.
     #[arg(long, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
     policy: PathBuf,
     /// Act on the plan (create VFs, park, wake). Without it every planned

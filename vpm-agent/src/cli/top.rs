@@ -32,13 +32,13 @@ pub struct TopArgs {
     #[arg(long)]
     once: bool,
     /// Window of a `--once` report.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = duration, requires = "once")]
     duration: Duration,
     /// Format of a `--once` report.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
+    #[arg(long, value_enum, default_value_t = Output::Table, requires = "once")]
     output: Output,
     /// Write a `--once` report to FILE instead of stdout.
-    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    #[arg(short = 'o', long = "out", value_name = "FILE", requires = "once")]
     out: Option<PathBuf>,
     /// Socket of a running agent.
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
@@ -68,6 +68,10 @@ fn open_source(args: &TopArgs) -> anyhow::Result<Source> {
 
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let stop = stop_flag();
+    // A bad --out fails now, not after the whole window.
+    if let Some(out) = &args.out {
+        vpm::export::check_writable(out)?;
+    }
     let mut source = open_source(args)?;
     if args.once {
         let report = collect_window(&mut source, args, stop)?;
@@ -91,7 +95,16 @@ fn collect_window(
         Source::Agent(stream) => {
             log::info!("collecting for {:?}", args.duration);
             sleep_until(Instant::now() + args.duration, stop);
-            Ok(api::report(stream, args.duration.as_secs_f64())?)
+            let report = api::report(stream, args.duration.as_secs_f64())?;
+            if report.window_s < args.duration.as_secs_f64() * 0.9 {
+                log::warn!(
+                    "the agent's history covers {:.1} s of the {:?} asked: the report is over \
+                     those (start the agent with a longer --history, or use --standalone)",
+                    report.window_s,
+                    args.duration
+                );
+            }
+            Ok(report)
         }
         Source::Own(monitor) => {
             // A baseline tick first, so host counters have a start value.
@@ -128,6 +141,10 @@ fn live(
     let mut n = 1u32;
     let mut stdout = std::io::stdout();
     let mut history = vpm::history::History::new(interval.as_secs_f64() * 10.0);
+    // A baseline, so the first frame has rates over a whole tick.
+    if let Source::Own(monitor) = source {
+        history.push(monitor.tick(unix_now())?);
+    }
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         sleep_until(start + interval * n, stop);
         n += 1;

@@ -105,6 +105,16 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// A policy file named by the user (not the default path) does not exist.
+    #[error(
+        "no policy file at {path}: the file given does not exist; create it (its [devices] \
+         allow list says which devices vpm may manage; vpm-agent/src/policy/sample.toml is a \
+         commented sample), or leave the option out to use {DEFAULT_PATH} when it exists"
+    )]
+    Missing {
+        /// The policy file.
+        path: PathBuf,
+    },
     /// The file is not a valid policy; `message` names the line and column.
     #[error("invalid policy file {path}: {message}")]
     Invalid {
@@ -139,12 +149,22 @@ impl Policy {
         }
     }
 
-    /// Loads the policy at `path`: `Ok(None)` when there is no such file (vpm
-    /// then manages nothing), an error when it exists but is unreadable or invalid.
+    /// Loads the policy at `path`: `Ok(None)` when there is no file at the
+    /// default path [`DEFAULT_PATH`] (vpm then manages nothing), an error
+    /// when it exists but is unreadable or invalid, or when another path
+    /// names no file (a typo must not silently turn management off).
     pub fn load(path: &Path) -> Result<Option<Self>, PolicyError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if path == Path::new(DEFAULT_PATH) {
+                    Ok(None)
+                } else {
+                    Err(PolicyError::Missing {
+                        path: path.to_owned(),
+                    })
+                }
+            }
             Err(source) => Err(PolicyError::Read {
                 path: path.to_owned(),
                 source,
@@ -338,9 +358,18 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_means_no_policy() {
+    fn only_a_missing_default_file_means_no_policy() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(Policy::load(&dir.path().join("none.toml")).unwrap(), None);
+        let err = Policy::load(&dir.path().join("none.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("none.toml") && err.contains("does not exist"),
+            "{err}"
+        );
+        if !Path::new(DEFAULT_PATH).exists() {
+            assert_eq!(Policy::load(Path::new(DEFAULT_PATH)).unwrap(), None);
+        }
         let path = dir.path().join("p.toml");
         std::fs::write(&path, "[devices]\nallow = [\"1b36:0010\"]\n").unwrap();
         let policy = Policy::load(&path).unwrap().unwrap();
