@@ -34,14 +34,22 @@ pub fn quote(field: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Formats a value: integers without a fraction, others with up to 6 decimals.
+/// Formats a value: integers without a fraction, others with up to 6
+/// decimals, and values below 0.001 with 6 significant digits (so a small
+/// rate is not written as 0).
 pub fn format_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.6}");
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+        return format!("{v:.0}");
     }
+    let decimals = if v != 0.0 && v.abs() < 1e-3 {
+        // 6 significant digits: 4e-7 → 0.0000004.
+        let magnitude = v.abs().log10().floor() as i32;
+        usize::try_from(5 - magnitude).unwrap_or(6).min(30)
+    } else {
+        6
+    };
+    let s = format!("{v:.decimals$}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Writes rows in the long format.
@@ -113,5 +121,8 @@ mod tests {
         assert_eq!(format_value(0.25), "0.25");
         assert_eq!(format_value(1.0 / 3.0), "0.333333");
         assert_eq!(format_value(0.0), "0");
+        assert_eq!(format_value(4e-7), "0.0000004");
+        assert_eq!(format_value(1.0 / 3.0 * 1e-4), "0.0000333333");
+        assert_eq!(format_value(0.000999), "0.000999");
     }
 }
