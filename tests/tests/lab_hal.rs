@@ -226,7 +226,7 @@ fn vf_wake_park_wake_on_vfio_pci() {
 
     // Every action journaled: intent, then the read-back.
     drop(journal);
-    let (_, entries) = executor::Journal::open(state_dir.path()).unwrap();
+    let entries = executor::journal::read(state_dir.path()).unwrap();
     let phases: Vec<_> = entries.iter().map(|e| (e.seq, e.phase)).collect();
     use executor::journal::Phase::{Done, Intent};
     assert_eq!(
@@ -617,7 +617,7 @@ fn a_crash_between_journal_and_read_back_is_reconciled_on_restart() {
     );
 
     // The journal tells the whole story; a third start finds nothing to reconcile.
-    let (_, entries) = executor::Journal::open(state.path()).unwrap();
+    let entries = executor::journal::read(state.path()).unwrap();
     use executor::journal::Phase::*;
     let phases: Vec<_> = entries.iter().map(|e| e.phase).collect();
     assert_eq!(

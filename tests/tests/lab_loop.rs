@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vpm::executor::journal::{self, Phase};
-use vpm::executor::{Action, Journal};
+use vpm::executor::Action;
 use vpm::hal::Sysfs;
 use vpm_tests::{bin, wait_until};
 
@@ -173,7 +173,7 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
     );
 
     // The journal: what vpm did, with read-backs.
-    let (_, journal) = Journal::open(&state).unwrap();
+    let journal = journal::read(&state).unwrap();
     let done: Vec<&journal::Entry> = journal.iter().filter(|e| e.phase == Phase::Done).collect();
     let parks: Vec<f64> = done
         .iter()

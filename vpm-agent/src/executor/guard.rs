@@ -109,6 +109,13 @@ pub enum Refusal {
         /// The functions bound to host drivers.
         members: Vec<GroupMember>,
     },
+    /// The device could not be read again right before acting.
+    Unreadable {
+        /// The device.
+        bdf: Bdf,
+        /// Why.
+        message: String,
+    },
 }
 
 fn holders_text(holders: &[HolderInfo]) -> String {
@@ -202,6 +209,11 @@ impl fmt::Display for Refusal {
             Refusal::NoIommuGroup { bdf } => {
                 write!(f, "{bdf} has no IOMMU group; VFIO cannot take it")
             }
+            Refusal::Unreadable { bdf, message } => write!(
+                f,
+                "{bdf} could not be read again right before acting ({message}); nothing done, \
+                 the next plan sees it afresh"
+            ),
             Refusal::GroupUnsafe {
                 bdf,
                 group,

@@ -20,7 +20,7 @@
 //! again from the real state.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -152,6 +152,16 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    /// Another vpm process acts through this journal now.
+    #[error(
+        "another vpm process is acting through the journal {path} (`vpm run --apply`, or a \
+         `vpm pci|vm --apply`): two actors on the same devices would race; wait for it, stop \
+         it, or act through it"
+    )]
+    Busy {
+        /// The journal file.
+        path: PathBuf,
+    },
     /// A line of the journal is not an entry.
     #[error(
         "journal {path}:{line}: not a journal entry ({message}); move the file aside to start a new journal"
@@ -188,6 +198,10 @@ pub struct Interrupted {
 
 impl Journal {
     /// Opens (creating) the journal in `state_dir` and reads its entries.
+    /// The journal is locked (`flock`) while the [`Journal`] lives: one
+    /// process acts at a time ([`JournalError::Busy`] for the second). A
+    /// torn last line (a crash mid-append) is cut off, so the next entry
+    /// starts on a line of its own.
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<Entry>), JournalError> {
         let path = state_dir.join(FILE_NAME);
         let io = |source| JournalError::Io {
@@ -195,12 +209,28 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(io)?;
-        let entries = read_entries(&path)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Busy { path: path.clone() });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let (entries, good_len) = read_entries(&path)?;
+        if file.metadata().map_err(io)?.len() > good_len {
+            file.set_len(good_len).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        // A whole last entry whose newline was lost: end its line.
+        if good_len > 0 && !ends_with_newline(&path).map_err(io)? {
+            (&file).write_all(b"\n").map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
         // The file's directory entry must survive a crash too.
         if let Ok(dir) = File::open(state_dir) {
             let _ = dir.sync_all();
@@ -345,6 +375,21 @@ fn reconcile_note(
     format!("{verdict}: {held}, and {monitor}{split}")
 }
 
+fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Seek as _, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+/// The entries of the journal in `state_dir`, read without locking it (for
+/// looking, not acting); none when there is no journal.
+pub fn read(state_dir: &Path) -> Result<Vec<Entry>, JournalError> {
+    read_entries(&state_dir.join(FILE_NAME)).map(|(entries, _)| entries)
+}
+
 /// Intents in `entries` with no later outcome of the same sequence number.
 pub fn interrupted(entries: &[Entry]) -> Vec<Entry> {
     let resolved: std::collections::HashSet<u64> = entries
@@ -359,10 +404,12 @@ pub fn interrupted(entries: &[Entry]) -> Vec<Entry> {
         .collect()
 }
 
-fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
+/// The entries of the journal at `path`, and the length in bytes of the
+/// whole lines they came from (a torn last line is not counted).
+fn read_entries(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(source) => {
             return Err(JournalError::Io {
                 path: path.to_owned(),
@@ -370,35 +417,49 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
             });
         }
     };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
+    let mut bytes = Vec::new();
+    BufReader::new(file)
+        .read_to_end(&mut bytes)
         .map_err(|source| JournalError::Io {
             path: path.to_owned(),
             source,
         })?;
-    let last = lines.len();
     let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+    let mut good_len = 0u64;
+    let mut at = 0usize;
+    let mut line_no = 0usize;
+    while at < bytes.len() {
+        line_no += 1;
+        let end = bytes[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(bytes.len(), |i| at + i + 1);
+        let line = &bytes[at..end];
+        let last = end == bytes.len();
+        at = end;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            good_len = end as u64;
             continue;
         }
-        match serde_json::from_str::<Entry>(line) {
-            Ok(e) => out.push(e),
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(e) => {
+                out.push(e);
+                good_len = end as u64;
+            }
             // A crash mid-append leaves a torn last line: that entry was never
             // synced, so it is dropped (its action, if any, is then found by
             // the intent's absence or the next read-back).
-            Err(_) if i + 1 == last => break,
+            Err(_) if last => break,
             Err(e) => {
                 return Err(JournalError::Corrupt {
                     path: path.to_owned(),
-                    line: i + 1,
+                    line: line_no,
                     message: e.to_string(),
                 });
             }
         }
     }
-    Ok(out)
+    Ok((out, good_len))
 }
 
 #[cfg(test)]
@@ -452,11 +513,53 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"seq\":1,\"ti");
         std::fs::write(&path, &text).unwrap();
-        let (_, entries) = Journal::open(dir.path()).unwrap();
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
         assert_eq!(entries.len(), 1);
+        // The torn line was cut off: the next entry starts a line of its
+        // own, and the journal reads whole on the next start.
+        j.intent(
+            2.0,
+            Action::Wake {
+                bdf: bdf("0000:01:00.2"),
+            },
+        )
+        .unwrap();
+        drop(j);
+        assert_eq!(read(dir.path()).unwrap().len(), 2);
+        // A whole last entry that lost its newline gets one.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
+        let (mut j, entries) = Journal::open(dir.path()).unwrap();
+        assert_eq!(entries.len(), 2);
+        j.intent(
+            3.0,
+            Action::Wake {
+                bdf: bdf("0000:01:00.3"),
+            },
+        )
+        .unwrap();
+        drop(j);
+        assert_eq!(read(dir.path()).unwrap().len(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, format!("garbage\n{text}\n")).unwrap();
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains(":1:"), "{err}");
+    }
+
+    #[test]
+    fn one_process_acts_through_a_journal_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap();
+        assert!(matches!(err, JournalError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("another vpm process"), "{err}");
+        // Looking needs no lock.
+        assert!(read(dir.path()).unwrap().is_empty());
+        drop(j);
+        assert!(
+            Journal::open(dir.path()).is_ok(),
+            "released with the journal"
+        );
     }
 
     #[test]
@@ -632,7 +735,8 @@ mod tests {
         // The monitor's answer is journaled with the read-back.
         let listed = found[0].state.as_ref().unwrap().in_vm.as_ref().unwrap();
         assert_eq!(listed.device.as_deref(), Some("vpm-0000-01-00-1"));
-        let (_, entries) = Journal::open(dir.path()).unwrap();
+        drop(j);
+        let entries = read(dir.path()).unwrap();
         let rec = entries
             .iter()
             .rfind(|e| e.phase == Phase::Reconciled)

@@ -64,10 +64,21 @@ pub enum ExecuteError {
         /// Every rule it breaks.
         refusals: Vec<Refusal>,
     },
-    /// The journal could not record the action (nothing was done if the
-    /// intent could not be written).
+    /// The journal could not record the intent: nothing was done.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The action was carried out (or failed) but its outcome could not be
+    /// journaled: the next start reconciles it from the device.
+    #[error("{action}: {outcome}, but its outcome could not be journaled: {source}")]
+    Unjournaled {
+        /// The action.
+        action: Action,
+        /// What happened to it.
+        outcome: String,
+        /// Why the journal could not record it.
+        #[source]
+        source: Box<JournalError>,
+    },
     /// Carrying it out failed.
     #[error("{action} failed: {source}")]
     Failed {
@@ -155,6 +166,9 @@ pub fn execute_with(
         _ => apply::apply(backend, action, &facts, opts),
     };
     let Some(journal) = journal else {
+        if let Err(refusals) = recheck(backend, policy, &action) {
+            return Err(ExecuteError::Refused { action, refusals });
+        }
         return match run(&action) {
             Ok(steps) => Ok(Report {
                 action,
@@ -166,6 +180,25 @@ pub fn execute_with(
     };
     let seq = journal.intent(crate::units::unix_now(), action.clone())?;
     failpoint("after-intent");
+    if let Err(refusals) = recheck(backend, policy, &action) {
+        let note = format!(
+            "refused at the last check before acting, nothing done: {}",
+            refusals
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        journal.append(&journal::Entry {
+            seq,
+            time: crate::units::unix_now(),
+            phase: journal::Phase::Failed,
+            action: action.clone(),
+            state: journal::DeviceState::read(backend, bdf).ok(),
+            note: Some(note),
+        })?;
+        return Err(ExecuteError::Refused { action, refusals });
+    }
     let result = run(&action);
     failpoint("after-apply");
     let state = journal::DeviceState::read(backend, bdf).ok();
@@ -176,14 +209,25 @@ pub fn execute_with(
             Some(failure_note(&action, e, state.as_ref())),
         ),
     };
-    journal.append(&journal::Entry {
+    let appended = journal.append(&journal::Entry {
         seq,
         time: crate::units::unix_now(),
         phase,
         action: action.clone(),
         state,
         note,
-    })?;
+    });
+    if let Err(source) = appended {
+        let outcome = match &result {
+            Ok(_) => "it was carried out".to_owned(),
+            Err(e) => format!("it failed ({e})"),
+        };
+        return Err(ExecuteError::Unjournaled {
+            action,
+            outcome,
+            source: Box::new(source),
+        });
+    }
     match result {
         Ok(steps) => Ok(Report {
             action,
@@ -191,6 +235,32 @@ pub fn execute_with(
             steps,
         }),
         Err(source) => Err(ExecuteError::Failed { action, source }),
+    }
+}
+
+/// The device rules checked again right before a VF-count change or a park
+/// (the first check, the intent's `fsync` and the plan's other actions take
+/// time, in which a process may open a VF or a device come into use).
+fn recheck(
+    backend: &dyn PciBackend,
+    policy: Option<&Policy>,
+    action: &Action,
+) -> Result<(), Vec<Refusal>> {
+    if !matches!(action, Action::SetVfs { .. } | Action::Park { .. }) {
+        return Ok(());
+    }
+    let refusals = match facts::gather(backend, policy, action.target()) {
+        Ok(facts) => guard::check(action, &facts),
+        // Unreadable now: leave it for the next plan.
+        Err(e) => vec![Refusal::Unreadable {
+            bdf: action.target(),
+            message: e.to_string(),
+        }],
+    };
+    if refusals.is_empty() {
+        Ok(())
+    } else {
+        Err(refusals)
     }
 }
 
@@ -277,6 +347,117 @@ mod tests {
         execute_on(sim, Some(policy), action, true, opts, Some(journal))
     }
 
+    /// The simulated host, where a VMM opens `vf` once the executor has
+    /// asked for holders more than `after` times (its first check done).
+    struct OpensLate<'a> {
+        sim: &'a SimPci,
+        vf: Bdf,
+        after: usize,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::hal::PciBackend for OpensLate<'_> {
+        fn functions(&self) -> crate::hal::Result<Vec<Bdf>> {
+            self.sim.functions()
+        }
+        fn function(&self, bdf: Bdf) -> crate::hal::Result<crate::hal::PciFunction> {
+            self.sim.function(bdf)
+        }
+        fn power_state(&self, bdf: Bdf) -> crate::hal::Result<Option<crate::hal::PowerState>> {
+            self.sim.power_state(bdf)
+        }
+        fn iommu_enabled(&self) -> bool {
+            self.sim.iommu_enabled()
+        }
+        fn iommu_group_devices(&self, group: u32) -> crate::hal::Result<Vec<Bdf>> {
+            self.sim.iommu_group_devices(group)
+        }
+        fn holders(&self, f: &crate::hal::PciFunction) -> crate::hal::Result<Vec<HolderInfo>> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == self.after {
+                self.sim
+                    .open(
+                        self.vf,
+                        HolderInfo {
+                            pid: 42,
+                            comm: "qemu".into(),
+                            vm: Some("late".into()),
+                        },
+                    )
+                    .unwrap();
+            }
+            self.sim.holders(f)
+        }
+        fn host_use(&self, bdf: Bdf) -> crate::hal::Result<Vec<crate::hal::HostUse>> {
+            self.sim.host_use(bdf)
+        }
+        fn set_sriov_numvfs(
+            &self,
+            pf: Bdf,
+            n: u32,
+            timeout: Duration,
+        ) -> crate::hal::Result<crate::hal::NumVfsChange> {
+            self.sim.set_sriov_numvfs(pf, n, timeout)
+        }
+        fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> crate::hal::Result<()> {
+            self.sim.bind_driver(bdf, driver, timeout)
+        }
+        fn set_power_control(
+            &self,
+            bdf: Bdf,
+            control: crate::hal::PowerControl,
+            timeout: Duration,
+        ) -> crate::hal::Result<()> {
+            self.sim.set_power_control(bdf, control, timeout)
+        }
+    }
+
+    #[test]
+    fn a_vf_opened_after_the_first_check_stops_the_count_change() {
+        let (sim, policy, opts, pf) = setup();
+        sim.set_sriov_numvfs(pf, 2, Duration::from_secs(1)).unwrap();
+        let vf = bdf("0000:01:00.1");
+        sim.bind_driver(vf, "vfio-pci", Duration::from_secs(1))
+            .unwrap();
+        // How many holder reads one check makes.
+        let counting = OpensLate {
+            sim: &sim,
+            vf,
+            after: usize::MAX,
+            calls: 0.into(),
+        };
+        let action = Action::SetVfs { pf, count: 0 };
+        execute_on(&counting, Some(&policy), action.clone(), false, &opts, None).unwrap();
+        let per_check = counting.calls.into_inner();
+        assert!(per_check > 0);
+        let late = OpensLate {
+            sim: &sim,
+            vf,
+            after: per_check,
+            calls: 0.into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let err = execute_on(&late, Some(&policy), action, true, &opts, Some(&mut j)).unwrap_err();
+        assert!(matches!(err, ExecuteError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains("held by VM late"), "{err}");
+        assert_eq!(
+            sim.function(pf).unwrap().sriov.unwrap().num_vfs,
+            2,
+            "VFs kept"
+        );
+        drop(j);
+        let entries = journal::read(dir.path()).unwrap();
+        let last = entries.last().unwrap();
+        assert_eq!(last.phase, Phase::Failed);
+        assert!(
+            last.note
+                .as_deref()
+                .is_some_and(|n| n.contains("refused at the last check before acting")),
+            "{last:?}"
+        );
+    }
+
     #[test]
     fn ebusy_mid_plan_fails_that_action_only_and_is_journaled() {
         let (sim, policy, opts, pf) = setup();
@@ -304,7 +485,7 @@ mod tests {
         let vf = bdf("0000:01:00.1");
         run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
         drop(j);
-        let (_, entries) = Journal::open(dir.path()).unwrap();
+        let entries = journal::read(dir.path()).unwrap();
         let phases: Vec<Phase> = entries.iter().map(|e| e.phase).collect();
         assert_eq!(
             phases,
