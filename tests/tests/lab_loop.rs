@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vpm::executor::journal::{self, Phase};
 use vpm::executor::Action;
+use vpm::executor::journal::{self, Phase};
 use vpm::hal::Sysfs;
 use vpm_tests::{bin, wait_until};
 

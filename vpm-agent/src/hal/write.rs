@@ -279,19 +279,33 @@ impl Sysfs {
     /// later.
     ///
     /// A failed probe (module not loaded, no IOMMU for vfio-pci) shows only
-    /// in the read-back: [`HalError::ReadBack`] on `driver`.
+    /// in the read-back: [`HalError::ReadBack`] on `driver`. It is rolled
+    /// back: the override is cleared and, if the function was left with no
+    /// driver, probed again, so its own driver takes it back instead of it
+    /// staying driverless and pinned to a driver that cannot bind.
     pub fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()> {
         validate_driver_name(driver)?;
         self.set_driver_override_within(bdf, Some(driver), timeout)?;
-        match self.driver(bdf)? {
+        let before = self.driver(bdf)?;
+        match &before {
             Some(d) if d == driver => return Ok(()),
             Some(_) => {
-                self.unbind_within(bdf, timeout)?;
+                if let Err(e) = self.unbind_within(bdf, timeout) {
+                    self.roll_back_bind(bdf, timeout);
+                    return Err(e);
+                }
             }
             None => {}
         }
-        let now = self.drivers_probe_within(bdf, timeout)?;
+        let now = match self.drivers_probe_within(bdf, timeout) {
+            Ok(now) => now,
+            Err(e) => {
+                self.roll_back_bind(bdf, timeout);
+                return Err(e);
+            }
+        };
         if now.as_deref() != Some(driver) {
+            self.roll_back_bind(bdf, timeout);
             return Err(HalError::ReadBack {
                 path: self.attr_path(bdf, "driver"),
                 wrote: driver.to_owned(),
@@ -299,6 +313,22 @@ impl Sysfs {
             });
         }
         Ok(())
+    }
+
+    /// Undoes a failed [`bind_driver`](Self::bind_driver) as far as it can:
+    /// clears `driver_override` and, when no driver is bound, probes so the
+    /// function's own driver binds again. Best effort: the caller reports
+    /// the first failure, and its read-back shows where the function is.
+    fn roll_back_bind(&self, bdf: Bdf, timeout: Duration) {
+        if let Err(e) = self.set_driver_override_within(bdf, None, timeout) {
+            log::warn!("{bdf}: clearing driver_override after a failed bind: {e}");
+            return;
+        }
+        if matches!(self.driver(bdf), Ok(None))
+            && let Err(e) = self.drivers_probe_within(bdf, timeout)
+        {
+            log::warn!("{bdf}: probing its own driver after a failed bind: {e}");
+        }
     }
 
     /// Sets `power/control`: `on` keeps the device awake (and wakes it),
@@ -611,10 +641,13 @@ mod tests {
         // only the read-back tells.
         let c = t.add("0000:03:00.1");
         let e = t.sysfs.bind_driver(c, "vfio-pci", T).unwrap_err();
+        // Probed for vfio-pci, then rolled back: no override pins it, and
+        // it was probed again for its own driver.
         assert_eq!(
             std::fs::read_to_string(t.sysfs.drivers_probe_path()).unwrap(),
             "0000:03:00.1"
         );
+        assert_eq!(t.read(c, "driver_override").trim(), "");
         assert!(
             matches!(&e, HalError::ReadBack { wrote, read, .. } if wrote == "vfio-pci" && read == "(none)"),
             "{e:?}"
@@ -625,7 +658,7 @@ mod tests {
         let d = t.add("0000:03:00.2");
         t.bind(d, "nvme");
         let e = t.sysfs.bind_driver(d, "vfio-pci", T).unwrap_err();
-        assert_eq!(t.read(d, "driver_override"), "vfio-pci");
+        assert_eq!(t.read(d, "driver_override").trim(), "", "rolled back");
         assert_eq!(t.unbind_file("nvme"), "0000:03:00.2");
         assert!(matches!(e, HalError::ReadBack { .. }));
 
