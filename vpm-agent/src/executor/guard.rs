@@ -181,12 +181,17 @@ impl fmt::Display for Refusal {
                         HostUse::Mounted { block, mountpoint } => {
                             format!("{block} is mounted on {mountpoint}")
                         }
+                        HostUse::Swap { block } => format!("{block} is a swap area"),
+                        HostUse::Stacked { block, holder } => {
+                            format!("{holder} is built on {block} (LVM, md or dm)")
+                        }
                         HostUse::NetUp { ifname } => format!("interface {ifname} is up"),
                     })
                     .collect();
                 write!(
                     f,
-                    "{bdf} is in use by the host ({}); unmount it / take the interface down first",
+                    "{bdf} is in use by the host ({}); stop that use first (unmount, swapoff, \
+                     remove the volume or array built on it, take the interface down)",
                     list.join(", ")
                 )
             }

@@ -34,6 +34,19 @@ pub enum HostUse {
         /// Where it is mounted.
         mountpoint: String,
     },
+    /// A block device of the function is a swap area.
+    Swap {
+        /// The block device.
+        block: String,
+    },
+    /// Another block device is built on one of the function's (LVM, md,
+    /// dm-crypt: it is listed in the device's `holders/`).
+    Stacked {
+        /// The block device.
+        block: String,
+        /// The device built on it (`dm-0`, `md127`).
+        holder: String,
+    },
     /// A network interface of the function is up.
     NetUp {
         /// The interface.

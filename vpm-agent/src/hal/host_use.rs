@@ -1,6 +1,8 @@
 //! Host uses of a PCI function that vpm must not disturb: its block devices
-//! that are mounted and its network interfaces that are up, found under the
-//! function's sysfs directory and in `PROC/self/mountinfo`.
+//! that are mounted, used as swap or stacked under another block device
+//! (LVM, md, dm-crypt: their `holders/`), and its network interfaces that
+//! are up, found under the function's sysfs directory, in
+//! `PROC/self/mountinfo` and in `PROC/swaps`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,11 +20,24 @@ pub fn host_use(device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
         let path = proc_root.join("self/mountinfo");
         let mountinfo =
             std::fs::read_to_string(&path).map_err(|e| HalError::io("read", &path, e))?;
-        for (name, devno) in &blocks {
+        // No swap file list (no swap support): no swap.
+        let swaps = std::fs::read_to_string(proc_root.join("swaps")).unwrap_or_default();
+        for (name, devno, dir) in &blocks {
             for mountpoint in mounts_of(&mountinfo, devno) {
                 uses.push(HostUse::Mounted {
                     block: name.clone(),
                     mountpoint,
+                });
+            }
+            if swaps_on(&swaps, name) {
+                uses.push(HostUse::Swap {
+                    block: name.clone(),
+                });
+            }
+            for holder in subdirs_or_links(&dir.join("holders")) {
+                uses.push(HostUse::Stacked {
+                    block: name.clone(),
+                    holder,
                 });
             }
         }
@@ -42,7 +57,7 @@ pub fn host_use(device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
 fn walk(
     dir: &Path,
     depth: u32,
-    blocks: &mut Vec<(String, String)>,
+    blocks: &mut Vec<(String, String, PathBuf)>,
     nets: &mut Vec<(String, PathBuf)>,
 ) {
     const MAX_DEPTH: u32 = 4;
@@ -97,10 +112,33 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn push_block(dir: &Path, name: &str, blocks: &mut Vec<(String, String)>) {
+fn push_block(dir: &Path, name: &str, blocks: &mut Vec<(String, String, PathBuf)>) {
     if let Ok(dev) = std::fs::read_to_string(dir.join("dev")) {
-        blocks.push((name.to_owned(), dev.trim().to_owned()));
+        blocks.push((name.to_owned(), dev.trim().to_owned(), dir.to_path_buf()));
     }
+}
+
+/// The names in a `holders/` directory (symlinks to the holding devices).
+fn subdirs_or_links(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether `PROC/swaps` (its text) lists the block device `name`.
+pub fn swaps_on(swaps: &str, name: &str) -> bool {
+    let dev = format!("/dev/{name}");
+    swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|f| f == dev)
 }
 
 /// Mount points in `mountinfo` (proc(5) format) whose device is `devno` (`major:minor`).
@@ -188,6 +226,32 @@ mod tests {
                 },
                 HostUse::NetUp {
                     ifname: "eth0".into()
+                },
+            ]
+        );
+
+        // Unmounted, but swap on one partition and an LVM volume on another.
+        let vdb = dev.join("virtio4/block/vdb");
+        std::fs::create_dir_all(vdb.join("vdb1")).unwrap();
+        std::fs::create_dir_all(vdb.join("vdb2/holders/dm-0")).unwrap();
+        std::fs::write(vdb.join("dev"), "254:16\n").unwrap();
+        std::fs::write(vdb.join("vdb1/dev"), "254:17\n").unwrap();
+        std::fs::write(vdb.join("vdb2/dev"), "254:18\n").unwrap();
+        std::fs::write(
+            proc.join("swaps"),
+            "Filename\tType\tSize\tUsed\tPriority\n/dev/vdb1  partition\t1048572\t0\t-2\n",
+        )
+        .unwrap();
+        let uses = host_use(&dev.join("virtio4"), &proc).unwrap();
+        assert_eq!(
+            uses,
+            vec![
+                HostUse::Swap {
+                    block: "vdb1".into()
+                },
+                HostUse::Stacked {
+                    block: "vdb2".into(),
+                    holder: "dm-0".into()
                 },
             ]
         );
