@@ -176,11 +176,25 @@ pub enum JournalError {
     },
 }
 
+/// The lock file beside the journal, held while a process acts through it.
+pub const LOCK_NAME: &str = "journal.lock";
+
+/// Past this many entries the journal is compacted to the newest
+/// [`KEEP_ENTRIES`] (a long-running agent appends two per action).
+pub const MAX_ENTRIES: usize = if cfg!(test) { 40 } else { 20_000 };
+
+/// Entries a compaction keeps.
+pub const KEEP_ENTRIES: usize = if cfg!(test) { 20 } else { 10_000 };
+
 /// An open journal.
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Held (`flock`) while the journal is open: one actor at a time.
+    _lock: File,
     next_seq: u64,
+    /// Entries in the file.
+    entries: usize,
 }
 
 /// An action found in the journal with an intent and no outcome.
@@ -198,10 +212,10 @@ pub struct Interrupted {
 
 impl Journal {
     /// Opens (creating) the journal in `state_dir` and reads its entries.
-    /// The journal is locked (`flock`) while the [`Journal`] lives: one
-    /// process acts at a time ([`JournalError::Busy`] for the second). A
-    /// torn last line (a crash mid-append) is cut off, so the next entry
-    /// starts on a line of its own.
+    /// The journal is locked (`flock` on [`LOCK_NAME`] beside it) while the
+    /// [`Journal`] lives: one process acts at a time ([`JournalError::Busy`]
+    /// for the second). A torn last line (a crash mid-append) is cut off, so
+    /// the next entry starts on a line of its own.
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<Entry>), JournalError> {
         let path = state_dir.join(FILE_NAME);
         let io = |source| JournalError::Io {
@@ -209,18 +223,24 @@ impl Journal {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(io)?;
-        let file = OpenOptions::new()
+        let lock = OpenOptions::new()
             .create(true)
-            .append(true)
-            .open(&path)
+            .truncate(false)
+            .write(true)
+            .open(state_dir.join(LOCK_NAME))
             .map_err(io)?;
-        match file.try_lock() {
+        match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(JournalError::Busy { path: path.clone() });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
         let (entries, good_len) = read_entries(&path)?;
         if file.metadata().map_err(io)?.len() > good_len {
             file.set_len(good_len).map_err(io)?;
@@ -236,14 +256,49 @@ impl Journal {
             let _ = dir.sync_all();
         }
         let next_seq = entries.iter().map(|e| e.seq + 1).max().unwrap_or(0);
-        Ok((
-            Self {
-                path,
-                file,
-                next_seq,
-            },
-            entries,
-        ))
+        let mut journal = Self {
+            path,
+            file,
+            _lock: lock,
+            next_seq,
+            entries: entries.len(),
+        };
+        journal.compact_if_due()?;
+        Ok((journal, entries))
+    }
+
+    /// Past [`MAX_ENTRIES`], rewrites the journal with its newest
+    /// [`KEEP_ENTRIES`] (through a temporary file and a rename, so a crash
+    /// leaves the old journal or the new one). Intents without an outcome
+    /// are among the newest: a start reconciles older ones first.
+    fn compact_if_due(&mut self) -> Result<(), JournalError> {
+        if self.entries <= MAX_ENTRIES {
+            return Ok(());
+        }
+        let io = |source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let (entries, _) = read_entries(&self.path)?;
+        let keep = &entries[entries.len().saturating_sub(KEEP_ENTRIES)..];
+        let mut text = String::new();
+        for e in keep {
+            text.push_str(&serde_json::to_string(e).map_err(|e| io(std::io::Error::other(e)))?);
+            text.push('\n');
+        }
+        crate::export::write_atomic(&self.path, text.as_bytes())
+            .map_err(|e| io(std::io::Error::other(e)))?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        self.entries = keep.len();
+        Ok(())
     }
 
     /// The journal file.
@@ -260,7 +315,9 @@ impl Journal {
         let mut line = serde_json::to_string(entry).map_err(|e| io(std::io::Error::other(e)))?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        self.file.sync_data().map_err(io)?;
+        self.entries += 1;
+        self.compact_if_due()
     }
 
     /// Writes the intent of a new action and returns its sequence number.
@@ -544,6 +601,28 @@ mod tests {
         std::fs::write(&path, format!("garbage\n{text}\n")).unwrap();
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains(":1:"), "{err}");
+    }
+
+    #[test]
+    fn a_long_journal_is_compacted_to_its_newest_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let a = Action::Wake {
+            bdf: bdf("0000:01:00.1"),
+        };
+        for i in 0..=MAX_ENTRIES {
+            j.intent(i as f64, a.clone()).unwrap();
+        }
+        drop(j);
+        let entries = read(dir.path()).unwrap();
+        assert_eq!(entries.len(), KEEP_ENTRIES);
+        assert_eq!(
+            entries.last().unwrap().seq,
+            MAX_ENTRIES as u64,
+            "the newest kept"
+        );
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.intent(0.0, a).unwrap(), MAX_ENTRIES as u64 + 1);
     }
 
     #[test]
