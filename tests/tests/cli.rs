@@ -711,6 +711,39 @@ fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
         .unwrap();
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(plan.status.success() && !text.contains("dry run"), "{text}");
+    // `vpm top` fed by the agent shows its forecasts: each demo VM's use of
+    // the simulated PF among them.
+    let top = vpm()
+        .args([
+            "top",
+            "--once",
+            "--duration",
+            "1s",
+            "--output",
+            "json",
+            "--socket",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&top.stdout).unwrap_or_default();
+    let forecasts = report["forecasts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        forecasts.iter().any(|f| f["vm"] == "demo-web"
+            && f["resource"] == "vfs:0000:5e:00.0"
+            && f["upper"].as_f64().is_some_and(|u| u >= 0.0)),
+        "{report}"
+    );
+    let top = vpm()
+        .args(["top", "--once", "--duration", "1s", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        text.contains("FORECAST") && text.contains("vfs:0000:5e:00.0"),
+        "{text}"
+    );
     let status = demo.wait().unwrap();
     assert!(
         status.success(),

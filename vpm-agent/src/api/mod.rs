@@ -33,6 +33,27 @@ pub enum Request {
     /// The latest plan of the closed loop (actions, deferrals, recommendations)
     /// and the managed devices as the scheduler saw them.
     Plan,
+    /// The forecasts the latest plan used, every series and horizon.
+    Forecast,
+}
+
+/// One forecast the agent's latest plan used.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ForecastEntry {
+    /// The VM.
+    pub vm: String,
+    /// The resource (`cpu`, `vfs:0000:3b:00.0`, ...).
+    pub resource: String,
+    /// Seconds ahead of the end of the series' data.
+    pub horizon_s: f64,
+    /// Unix seconds at the end of the step forecast.
+    pub target_time: f64,
+    /// The point forecast.
+    pub predicted: f64,
+    /// The upper bound the plan used (at the VM's class headroom level).
+    pub upper: f64,
+    /// The model that made it.
+    pub model: String,
 }
 
 /// The agent's status.
@@ -69,6 +90,14 @@ pub enum Response {
         managing: bool,
         /// Whether the agent acts (`--apply`) or only plans.
         apply: bool,
+    },
+    /// Answer to [`Request::Forecast`]: empty before the first plan.
+    Forecast {
+        /// When the plan that used them was made (unix seconds), `null`
+        /// before the first.
+        generated_at: Option<f64>,
+        /// The forecasts, by VM, resource and horizon.
+        forecasts: Vec<ForecastEntry>,
     },
     /// The request failed.
     Error {
@@ -144,6 +173,14 @@ pub fn connect(path: &std::path::Path) -> Result<std::os::unix::net::UnixStream,
             }
         }
     })
+}
+
+/// Asks for the forecasts of the latest plan.
+pub fn forecast<S: Read + Write>(stream: &mut S) -> Result<Response, ApiError> {
+    match call(stream, &Request::Forecast)? {
+        r @ Response::Forecast { .. } => Ok(r),
+        _ => Err(ApiError::Closed),
+    }
 }
 
 /// Asks for the latest plan.
@@ -222,6 +259,10 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Plan).expect("json"),
             r#"{"request":"plan"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Forecast).expect("json"),
+            r#"{"request":"forecast"}"#
         );
     }
 }

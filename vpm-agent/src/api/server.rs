@@ -31,6 +31,10 @@ pub struct PlanView {
     pub managing: bool,
     /// Whether the agent acts.
     pub apply: bool,
+    /// When the latest plan was made.
+    pub forecast_at: Option<f64>,
+    /// The forecasts it used.
+    pub forecasts: Vec<super::ForecastEntry>,
 }
 
 /// Errors setting up the socket.
@@ -120,6 +124,10 @@ fn answer(shared: &Mutex<Shared>, request: &Request) -> Response {
     };
     match request {
         Request::Status => Response::Status(shared.status.clone()),
+        Request::Forecast => Response::Forecast {
+            generated_at: shared.plan.forecast_at,
+            forecasts: shared.plan.forecasts.clone(),
+        },
         Request::Plan => Response::Plan {
             plan: shared.plan.plan.clone(),
             host: shared.plan.host.clone(),

@@ -94,7 +94,7 @@ fn si(v: f64) -> String {
     }
 }
 
-fn bytes(v: Option<f64>) -> String {
+pub(crate) fn bytes(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |b| format!("{}B", si(b)))
 }
 

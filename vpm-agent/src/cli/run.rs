@@ -30,8 +30,9 @@ pub struct RunArgs {
     /// How often a telemetry CSV file is written.
     #[arg(long, default_value = "60s", value_parser = duration)]
     export_interval: Duration,
-    /// How many export files to keep (oldest removed first).
-    #[arg(long, default_value_t = 1440)]
+    /// How many export files of each kind to keep (oldest removed first; at
+    /// least 1).
+    #[arg(long, default_value_t = 1440, value_parser = at_least_one)]
     keep: usize,
     /// How much history the agent keeps for live queries.
     #[arg(long, default_value = "15m", value_parser = duration)]
@@ -549,10 +550,36 @@ impl Worker {
             forecast_done.elapsed().as_secs_f64()
         );
         let host = serde_json::to_value(controller.host()).unwrap_or_default();
+        let forecasts: Vec<api::ForecastEntry> = outlook
+            .iter()
+            .flat_map(|o| {
+                o.forecasts.iter().map(|f| api::ForecastEntry {
+                    vm: o.key.vm.clone(),
+                    resource: o.key.resource.clone(),
+                    horizon_s: f.horizon_s,
+                    target_time: f.target_time,
+                    predicted: f.predicted,
+                    upper: f.upper,
+                    model: f.model.name().to_owned(),
+                })
+            })
+            .collect();
         if let Ok(mut s) = self.shared.lock() {
             s.plan.plan = plan;
             s.plan.host = host;
+            s.plan.forecast_at = Some(t);
+            s.plan.forecasts = forecasts;
         }
+    }
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => {
+            Err("must be at least 1 (0 would remove every export as soon as it is written)".into())
+        }
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}: a whole number of files")),
     }
 }
 
@@ -563,7 +590,12 @@ fn export_forecasts(
     t: f64,
     pipeline: &mut Pipeline,
 ) -> anyhow::Result<()> {
-    let outlook = pipeline.forecast_now();
+    let mut outlook = pipeline.forecast_now();
+    // A series whose VM stopped reporting (it exited) stays in the store for
+    // a while; once even its longest forecast is for a time already past (3
+    // steps of lateness aside), it is not exported.
+    let late = 3.0 * pipeline.config().store.step_s;
+    outlook.retain(|o| o.forecasts.iter().any(|f| f.target_time >= t - late));
     if outlook.is_empty() {
         return Ok(());
     }
@@ -588,7 +620,9 @@ fn export_forecasts(
 }
 
 /// Writes the closed loop's `plan-`, `actions-` and `recommendations-<t>.csv`
-/// (atomically, rotated); files with no rows are not written.
+/// (atomically, rotated); files with no rows are not written. Plans and
+/// action records a failed write could not export are kept for the next
+/// export; every file is tried, and the first failure returned.
 fn export_plans(
     dir: &Path,
     keep: usize,
@@ -596,22 +630,37 @@ fn export_plans(
     controller: &mut vpm::control::Controller,
 ) -> anyhow::Result<()> {
     use vpm::control::csv;
-    let (plans, records) = controller.take();
-    let mut files = Vec::new();
-    if !plans.is_empty() {
-        files.push(("plan-", csv::plans(&plans)));
-    }
-    if !records.is_empty() {
-        files.push(("actions-", csv::actions(&records)));
-    }
-    if let Some(plan) = controller.plan().filter(|p| !p.recommendations.is_empty()) {
-        files.push(("recommendations-", csv::recommendations(plan)));
-    }
-    for (prefix, text) in files {
+    let write = |prefix: &str, text: &str| -> Result<(), vpm::export::ExportError> {
         vpm::export::write_atomic(&dir.join(export_name(prefix, t)), text.as_bytes())?;
-        vpm::export::rotate(dir, prefix, keep)?;
+        vpm::export::rotate(dir, prefix, keep).map(|_| ())
+    };
+    let (plans, records) = controller.take();
+    let mut first_err = None;
+    let (mut unsent_plans, mut unsent_records) = (Vec::new(), Vec::new());
+    if !plans.is_empty()
+        && let Err(e) = write("plan-", &csv::plans(&plans))
+    {
+        first_err.get_or_insert(e);
+        unsent_plans = plans;
     }
-    Ok(())
+    if !records.is_empty()
+        && let Err(e) = write("actions-", &csv::actions(&records))
+    {
+        first_err.get_or_insert(e);
+        unsent_records = records;
+    }
+    if !unsent_plans.is_empty() || !unsent_records.is_empty() {
+        controller.put_back(unsent_plans, unsent_records);
+    }
+    if let Some(plan) = controller.plan().filter(|p| !p.recommendations.is_empty())
+        && let Err(e) = write("recommendations-", &csv::recommendations(plan))
+    {
+        first_err.get_or_insert(e);
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
 }
 
 /// Most telemetry rows held for the next export (≈ 100 MB at worst).

@@ -76,10 +76,32 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     if args.once {
         let report = collect_window(&mut source, args, stop)?;
         let mut text = output::render(&report, args.output, unix_now())?;
-        if args.output == Output::Table
-            && let Some(t) = pci_table(&report)
-        {
-            text.push_str(&format!("{t}\n"));
+        // From an agent: its forecasts too (JSON: a top-level `forecasts`).
+        let forecasts = match &mut source {
+            Source::Agent(stream) => match api::forecast(stream) {
+                Ok(api::Response::Forecast { forecasts, .. }) => Some(forecasts),
+                _ => None,
+            },
+            Source::Own(_) => None,
+        };
+        match args.output {
+            Output::Table => {
+                if let Some(t) = pci_table(&report) {
+                    text.push_str(&format!("{t}\n"));
+                }
+                if let Some(t) = forecasts.as_deref().and_then(forecast_table) {
+                    text.push_str(&format!("{t}\n"));
+                }
+            }
+            Output::Json => {
+                if let Some(f) = forecasts {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&text).context("re-reading the JSON report")?;
+                    v["forecasts"] = serde_json::to_value(f)?;
+                    text = format!("{}\n", serde_json::to_string_pretty(&v)?);
+                }
+            }
+            Output::Csv => {}
         }
         return output::emit(args.out.as_deref(), &text);
     }
@@ -175,22 +197,72 @@ fn live(
     Ok(())
 }
 
-/// The agent's latest plan actions and hot-plugged VFs, as text (empty when
-/// there is nothing to show or the agent does not answer).
+/// The agent's forecasts of each VM's CPU, memory and VF use at its longest
+/// horizon, and its latest plan: a one-line summary, the planned actions
+/// and the hot-plugged VFs, as text (empty when the agent does not answer).
 fn agent_plan(stream: &mut std::os::unix::net::UnixStream) -> String {
-    let Ok(api::Response::Plan { plan, host, .. }) = api::plan(stream) else {
-        return String::new();
-    };
     let mut out = String::new();
-    if let Ok(plan) = serde_json::from_value::<vpm::scheduler::Plan>(plan)
-        && let Some(t) = super::plan::actions_table(&plan, 5)
+    if let Ok(api::Response::Forecast { forecasts, .. }) = api::forecast(stream)
+        && let Some(t) = forecast_table(&forecasts)
     {
         out.push_str(&format!("{t}\n"));
+    }
+    let Ok(api::Response::Plan { plan, host, .. }) = api::plan(stream) else {
+        return out;
+    };
+    if let Ok(plan) = serde_json::from_value::<vpm::scheduler::Plan>(plan) {
+        out.push_str(&format!(
+            "plan: {} action(s), {} deferred, {} recommendation(s) (`vpm plan` for all)\n",
+            plan.actions.len(),
+            plan.deferred.len(),
+            plan.recommendations.len()
+        ));
+        if let Some(t) = super::plan::actions_table(&plan, 5) {
+            out.push_str(&format!("{t}\n"));
+        }
     }
     if let Some(t) = super::plan::attachments(&host) {
         out.push_str(&format!("{t}\n"));
     }
     out
+}
+
+/// Whether the top view shows forecasts of `resource`: CPU, memory and the
+/// VFs of each managed PF.
+fn shown_forecast(resource: &str) -> bool {
+    resource == "cpu" || resource == "mem_bytes" || resource.starts_with("vfs:")
+}
+
+/// Per VM, the forecasts of [`shown_forecast`] resources at the longest
+/// horizon; `None` when there are none.
+fn forecast_table(forecasts: &[api::ForecastEntry]) -> Option<Table> {
+    let mut longest: BTreeMap<(&str, &str), &api::ForecastEntry> = BTreeMap::new();
+    for f in forecasts.iter().filter(|f| shown_forecast(&f.resource)) {
+        let e = longest.entry((&f.vm, &f.resource)).or_insert(f);
+        if f.horizon_s > e.horizon_s {
+            *e = f;
+        }
+    }
+    if longest.is_empty() {
+        return None;
+    }
+    let mut t = new_table(["FORECAST", "RESOURCE", "IN", "PREDICTED", "UPPER", "MODEL"]);
+    for ((vm, resource), f) in longest {
+        let value = |x: f64| match resource {
+            "cpu" => format!("{:.1} %", x * 100.0),
+            "mem_bytes" => output::bytes(Some(x)),
+            _ => format!("{x:.2} VFs"),
+        };
+        t.add_row(vec![
+            Cell::new(vm),
+            Cell::new(resource),
+            Cell::new(format!("{:.0} s", f.horizon_s)),
+            Cell::new(value(f.predicted)),
+            Cell::new(value(f.upper)),
+            Cell::new(&f.model),
+        ]);
+    }
+    Some(t)
 }
 
 /// One VM × PCI device line of the VFIO / PCI table.

@@ -392,6 +392,18 @@ impl Controller {
             std::mem::take(&mut self.records),
         )
     }
+
+    /// Puts back what [`take`](Self::take) gave when it could not be
+    /// exported, ahead of what came since (at most the usual bound), so the
+    /// next export writes it.
+    pub fn put_back(&mut self, mut plans: Vec<Plan>, mut records: Vec<ActionRecord>) {
+        plans.append(&mut self.plans);
+        plans.truncate(MAX_PENDING);
+        self.plans = plans;
+        records.append(&mut self.records);
+        records.truncate(MAX_PENDING);
+        self.records = records;
+    }
 }
 
 /// `forecasts` (and their `rises`, by index) with each horizon counted from
@@ -516,6 +528,17 @@ mod tests {
         let csv = csv::actions(&records);
         assert!(csv.starts_with(csv::ACTIONS_HEADER));
         assert!(csv.contains(",set-vfs,0000:01:00.0,2,web,"), "{csv}");
+
+        // An export that failed puts its records back, ahead of newer ones.
+        let mut newer = records.clone();
+        for r in &mut newer {
+            r.time += 10.0;
+        }
+        c.put_back(Vec::new(), newer.clone());
+        c.put_back(Vec::new(), records.clone());
+        let (_, again) = c.take();
+        let key = |r: &[ActionRecord]| format!("{r:?}");
+        assert_eq!(key(&again), key(&[records, newer].concat()));
     }
 
     #[test]
