@@ -630,9 +630,14 @@ fn export_plans(
     controller: &mut vpm::control::Controller,
 ) -> anyhow::Result<()> {
     use vpm::control::csv;
+    // Written, the rows are exported: a failed rotation after it is logged,
+    // not retried (that would export them twice).
     let write = |prefix: &str, text: &str| -> Result<(), vpm::export::ExportError> {
         vpm::export::write_atomic(&dir.join(export_name(prefix, t)), text.as_bytes())?;
-        vpm::export::rotate(dir, prefix, keep).map(|_| ())
+        if let Err(e) = vpm::export::rotate(dir, prefix, keep) {
+            log::error!("rotating {prefix}*.csv: {e}");
+        }
+        Ok(())
     };
     let (plans, records) = controller.take();
     let mut first_err = None;

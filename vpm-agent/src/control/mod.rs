@@ -312,6 +312,21 @@ impl Controller {
                 &self.opts,
                 self.journal.as_mut(),
             );
+            // Carried out (even if its outcome could not be journaled): the
+            // pool's and the attachment's clocks start now.
+            let carried_out = match &result {
+                Ok(report) => report.applied,
+                Err(ExecuteError::Unjournaled { carried_out, .. }) => *carried_out,
+                Err(_) => false,
+            };
+            if carried_out {
+                if let (&Action::SetVfs { pf, count }, Some(from)) = (&planned.action, before) {
+                    self.tracker.pool_changed(pf, from, count, now);
+                }
+                if let Action::Attach { vm, vf } = &planned.action {
+                    self.attached_since.insert((vm.name.clone(), *vf), now);
+                }
+            }
             let (outcome, elapsed_ms, message) = match result {
                 Ok(report) if report.applied => {
                     let ms = report
@@ -319,14 +334,13 @@ impl Controller {
                         .iter()
                         .filter_map(|s| s.elapsed_ms)
                         .sum::<f64>();
-                    if let (&Action::SetVfs { pf, count }, Some(from)) = (&planned.action, before) {
-                        self.tracker.pool_changed(pf, from, count, now);
-                    }
-                    if let Action::Attach { vm, vf } = &planned.action {
-                        self.attached_since.insert((vm.name.clone(), *vf), now);
-                    }
                     (Outcome::Applied, Some(ms), None)
                 }
+                Err(
+                    e @ ExecuteError::Unjournaled {
+                        carried_out: true, ..
+                    },
+                ) => (Outcome::Applied, None, Some(e.to_string())),
                 Ok(_) => (Outcome::DryRun, None, None),
                 Err(e @ ExecuteError::Refused { .. }) => {
                     (Outcome::Refused, None, Some(e.to_string()))

@@ -195,6 +195,8 @@ pub struct Journal {
     next_seq: u64,
     /// Entries in the file.
     entries: usize,
+    /// Compact once past this many entries.
+    compact_at: usize,
 }
 
 /// An action found in the journal with an intent and no outcome.
@@ -262,43 +264,84 @@ impl Journal {
             _lock: lock,
             next_seq,
             entries: entries.len(),
+            compact_at: MAX_ENTRIES,
         };
-        journal.compact_if_due()?;
+        journal.compact_if_due();
         Ok((journal, entries))
     }
 
-    /// Past [`MAX_ENTRIES`], rewrites the journal with its newest
-    /// [`KEEP_ENTRIES`] (through a temporary file and a rename, so a crash
-    /// leaves the old journal or the new one). Intents without an outcome
-    /// are among the newest: a start reconciles older ones first.
-    fn compact_if_due(&mut self) -> Result<(), JournalError> {
-        if self.entries <= MAX_ENTRIES {
-            return Ok(());
+    /// Past [`MAX_ENTRIES`] (since the last compaction), rewrites the
+    /// journal with its newest [`KEEP_ENTRIES`] and every intent still
+    /// without an outcome (an outcome that could not be appended leaves
+    /// one), through a temporary file and a rename, so a crash leaves the old
+    /// journal or the new one. Best effort: a failure is logged, the journal
+    /// goes on in the old file, and the next try waits another
+    /// [`KEEP_ENTRIES`] entries.
+    fn compact_if_due(&mut self) {
+        if self.entries <= self.compact_at {
+            return;
         }
+        match self.compact() {
+            Ok(kept) => {
+                self.entries = kept;
+                self.compact_at = MAX_ENTRIES;
+            }
+            Err(e) => {
+                log::warn!("journal {}: compaction failed: {e}", self.path.display());
+                self.compact_at = self.entries + KEEP_ENTRIES;
+            }
+        }
+    }
+
+    /// The compaction itself; returns the entries kept.
+    fn compact(&mut self) -> Result<usize, JournalError> {
         let io = |source| JournalError::Io {
             path: self.path.clone(),
             source,
         };
         let (entries, _) = read_entries(&self.path)?;
-        let keep = &entries[entries.len().saturating_sub(KEEP_ENTRIES)..];
+        let open: std::collections::HashSet<u64> =
+            interrupted(&entries).iter().map(|e| e.seq).collect();
+        let newest = entries.len().saturating_sub(KEEP_ENTRIES);
         let mut text = String::new();
-        for e in keep {
-            text.push_str(&serde_json::to_string(e).map_err(|e| io(std::io::Error::other(e)))?);
-            text.push('\n');
+        let mut kept = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if i >= newest || (e.phase == Phase::Intent && open.contains(&e.seq)) {
+                text.push_str(&serde_json::to_string(e).map_err(|e| io(std::io::Error::other(e)))?);
+                text.push('\n');
+                kept += 1;
+            }
         }
-        crate::export::write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| io(std::io::Error::other(e)))?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| FILE_NAME.to_owned());
+        let tmp = self.path.with_file_name(format!(".{name}.tmp"));
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            // The handle the journal appends to next: opened before the
+            // rename, so it is the new file's once the rename is done.
+            let next = OpenOptions::new().append(true).open(&tmp)?;
+            std::fs::rename(&tmp, &self.path)?;
+            Ok(next)
+        })();
+        let next = match written {
+            Ok(next) => next,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(e));
+            }
+        };
+        self.file = next;
         if let Some(dir) = self.path.parent()
             && let Ok(d) = File::open(dir)
         {
             let _ = d.sync_all();
         }
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        self.entries = keep.len();
-        Ok(())
+        Ok(kept)
     }
 
     /// The journal file.
@@ -317,7 +360,8 @@ impl Journal {
         self.file.write_all(line.as_bytes()).map_err(io)?;
         self.file.sync_data().map_err(io)?;
         self.entries += 1;
-        self.compact_if_due()
+        self.compact_if_due();
+        Ok(())
     }
 
     /// Writes the intent of a new action and returns its sequence number.
@@ -503,10 +547,11 @@ fn read_entries(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
                 out.push(e);
                 good_len = end as u64;
             }
-            // A crash mid-append leaves a torn last line: that entry was never
-            // synced, so it is dropped (its action, if any, is then found by
-            // the intent's absence or the next read-back).
-            Err(_) if last => break,
+            // A crash mid-append leaves a torn last line, without its
+            // newline: that entry was never synced, so it is dropped (its
+            // action, if any, is then found by the intent's absence or the
+            // next read-back). A whole line that does not parse is corrupt.
+            Err(_) if last && !line.ends_with(b"\n") => break,
             Err(e) => {
                 return Err(JournalError::Corrupt {
                     path: path.to_owned(),
@@ -601,6 +646,16 @@ mod tests {
         std::fs::write(&path, format!("garbage\n{text}\n")).unwrap();
         let err = Journal::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains(":1:"), "{err}");
+        // A whole last line that is no entry is corruption, not a tear: it
+        // is reported, never cut off.
+        std::fs::write(&path, format!("{text}{{\"seq\":99}}\n")).unwrap();
+        let err = Journal::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains(":4:"), "{err}");
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("{\"seq\":99}\n")
+        );
     }
 
     #[test]
@@ -610,19 +665,34 @@ mod tests {
         let a = Action::Wake {
             bdf: bdf("0000:01:00.1"),
         };
-        for i in 0..=MAX_ENTRIES {
-            j.intent(i as f64, a.clone()).unwrap();
+        // An early intent whose outcome never came (an append that failed).
+        let lost = j.intent(0.0, a.clone()).unwrap();
+        // Then intents with outcomes, past the limit.
+        for i in 0..MAX_ENTRIES / 2 {
+            let seq = j.intent(i as f64, a.clone()).unwrap();
+            j.append(&Entry {
+                seq,
+                time: i as f64,
+                phase: Phase::Done,
+                action: a.clone(),
+                state: None,
+                note: None,
+            })
+            .unwrap();
         }
         drop(j);
         let entries = read(dir.path()).unwrap();
-        assert_eq!(entries.len(), KEEP_ENTRIES);
+        assert!(entries.len() <= KEEP_ENTRIES + 2, "{}", entries.len());
+        assert_eq!(entries[0].seq, lost, "the unresolved intent is kept");
         assert_eq!(
-            entries.last().unwrap().seq,
-            MAX_ENTRIES as u64,
-            "the newest kept"
+            interrupted(&entries)
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![lost]
         );
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        assert_eq!(j.intent(0.0, a).unwrap(), MAX_ENTRIES as u64 + 1);
+        assert_eq!(j.intent(0.0, a).unwrap(), MAX_ENTRIES as u64 / 2 + 1);
     }
 
     #[test]

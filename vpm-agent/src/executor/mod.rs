@@ -73,6 +73,8 @@ pub enum ExecuteError {
     Unjournaled {
         /// The action.
         action: Action,
+        /// Whether it was carried out.
+        carried_out: bool,
         /// What happened to it.
         outcome: String,
         /// Why the journal could not record it.
@@ -224,6 +226,7 @@ pub fn execute_with(
         };
         return Err(ExecuteError::Unjournaled {
             action,
+            carried_out: result.is_ok(),
             outcome,
             source: Box::new(source),
         });

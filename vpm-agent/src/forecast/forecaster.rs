@@ -399,14 +399,31 @@ impl SeriesForecaster {
 
     /// Bounds at `levels` around the last forecast for `horizon_s`
     /// (`max(0, ŷ + q(level))`), for a headroom controller choosing among
-    /// quantiles; `None` before a calibrated forecast for that horizon.
+    /// quantiles; `None` before a forecast for that horizon. With too few
+    /// calibration residuals for a level ([`enough_for`]: 99 for 0.99) the
+    /// bound is the largest residual's if they are enough for p95 (19), else
+    /// the uncalibrated bound, the largest value of the history.
+    ///
+    /// [`enough_for`]: super::conformal::enough_for
     pub fn bounds_at(&mut self, horizon_s: f64, levels: &[f64]) -> Option<Vec<f64>> {
         let h = horizon_steps(horizon_s, self.step_s).ok()?;
         let st = self.horizons.iter_mut().find(|s| s.h == h)?;
         let pred = st.last_pred?;
+        // Too few residuals even for p95: the uncalibrated bound, as the
+        // forecast's own interval has then (the largest of the history).
+        // Enough for p95 but not for a higher level: the largest residual,
+        // the highest level they support (n / (n + 1)).
+        let uncalibrated = self.buf.iter().copied().fold(pred, f64::max);
+        let n = st.calib.len();
         levels
             .iter()
-            .map(|&l| st.calib.quantile(l).map(|q| (pred + q).max(0.0)))
+            .map(|&l| {
+                if super::conformal::enough_for(n, l.min(0.95)) {
+                    st.calib.quantile(l).map(|q| (pred + q).max(0.0))
+                } else {
+                    Some(uncalibrated)
+                }
+            })
             .collect()
     }
 

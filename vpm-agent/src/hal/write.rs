@@ -280,9 +280,10 @@ impl Sysfs {
     ///
     /// A failed probe (module not loaded, no IOMMU for vfio-pci) shows only
     /// in the read-back: [`HalError::ReadBack`] on `driver`. It is rolled
-    /// back: the override is cleared and, if the function was left with no
-    /// driver, probed again, so its own driver takes it back instead of it
-    /// staying driverless and pinned to a driver that cannot bind.
+    /// back: the override is cleared and, if the function had a driver and
+    /// was left with none, probed again, so its own driver takes it back
+    /// instead of it staying driverless and pinned to a driver that cannot
+    /// bind.
     pub fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()> {
         validate_driver_name(driver)?;
         self.set_driver_override_within(bdf, Some(driver), timeout)?;
@@ -291,7 +292,7 @@ impl Sysfs {
             Some(d) if d == driver => return Ok(()),
             Some(_) => {
                 if let Err(e) = self.unbind_within(bdf, timeout) {
-                    self.roll_back_bind(bdf, timeout);
+                    self.roll_back_bind(bdf, before.is_some(), timeout);
                     return Err(e);
                 }
             }
@@ -300,12 +301,12 @@ impl Sysfs {
         let now = match self.drivers_probe_within(bdf, timeout) {
             Ok(now) => now,
             Err(e) => {
-                self.roll_back_bind(bdf, timeout);
+                self.roll_back_bind(bdf, before.is_some(), timeout);
                 return Err(e);
             }
         };
         if now.as_deref() != Some(driver) {
-            self.roll_back_bind(bdf, timeout);
+            self.roll_back_bind(bdf, before.is_some(), timeout);
             return Err(HalError::ReadBack {
                 path: self.attr_path(bdf, "driver"),
                 wrote: driver.to_owned(),
@@ -316,15 +317,18 @@ impl Sysfs {
     }
 
     /// Undoes a failed [`bind_driver`](Self::bind_driver) as far as it can:
-    /// clears `driver_override` and, when no driver is bound, probes so the
-    /// function's own driver binds again. Best effort: the caller reports
-    /// the first failure, and its read-back shows where the function is.
-    fn roll_back_bind(&self, bdf: Bdf, timeout: Duration) {
+    /// clears `driver_override` and, when the function had a driver
+    /// (`had_driver`) and has none now, probes so that driver binds again (a
+    /// function kept driverless on purpose stays so). Best effort: the
+    /// caller reports the first failure, and its read-back shows where the
+    /// function is.
+    fn roll_back_bind(&self, bdf: Bdf, had_driver: bool, timeout: Duration) {
         if let Err(e) = self.set_driver_override_within(bdf, None, timeout) {
             log::warn!("{bdf}: clearing driver_override after a failed bind: {e}");
             return;
         }
-        if matches!(self.driver(bdf), Ok(None))
+        if had_driver
+            && matches!(self.driver(bdf), Ok(None))
             && let Err(e) = self.drivers_probe_within(bdf, timeout)
         {
             log::warn!("{bdf}: probing its own driver after a failed bind: {e}");
@@ -642,7 +646,7 @@ mod tests {
         let c = t.add("0000:03:00.1");
         let e = t.sysfs.bind_driver(c, "vfio-pci", T).unwrap_err();
         // Probed for vfio-pci, then rolled back: no override pins it, and
-        // it was probed again for its own driver.
+        // (it had no driver) it is not probed again.
         assert_eq!(
             std::fs::read_to_string(t.sysfs.drivers_probe_path()).unwrap(),
             "0000:03:00.1"
