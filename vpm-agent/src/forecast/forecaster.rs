@@ -658,6 +658,16 @@ mod tests {
         assert_eq!(out[1].target_time, T0 + 70.0);
         assert_eq!((out[1].lower, out[1].upper), (0.0, 5.0));
         assert_eq!(out[1].backtest_wape, None);
+        // A high level agrees with the interval until the residuals are
+        // enough for p95.
+        assert_eq!(f.bounds_at(10.0, &[0.99]), Some(vec![5.0]));
+        f.observe(&[4.0, 4.0, 4.0]).unwrap();
+        f.forecast(T0 + 40.0, &[10.0]).unwrap();
+        assert_eq!(
+            f.bounds_at(10.0, &[0.99]),
+            Some(vec![5.0]),
+            "a few residuals: still the largest of the history"
+        );
     }
 
     #[test]
