@@ -25,6 +25,8 @@ pub struct VfFacts {
     pub bdf: Bdf,
     /// Processes holding it through VFIO.
     pub holders: Vec<HolderInfo>,
+    /// Its host uses (bound to a host driver: mounted disks, interfaces up).
+    pub host_use: Vec<HostUse>,
 }
 
 /// Everything the safety checks consider about one function.
@@ -81,6 +83,7 @@ pub fn gather(
         vfs.push(VfFacts {
             bdf: *vf,
             holders: backend.holders(&f)?,
+            host_use: backend.host_use(*vf)?,
         });
     }
     let host_use = backend.host_use(bdf)?;

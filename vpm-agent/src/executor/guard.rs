@@ -109,6 +109,15 @@ pub enum Refusal {
         /// The functions bound to host drivers.
         members: Vec<GroupMember>,
     },
+    /// VFs of the PF are in use by the host itself (bound to a host driver).
+    VfsInHostUse {
+        /// The PF.
+        pf: Bdf,
+        /// Its current VF count.
+        current: u32,
+        /// The VFs in use, and how.
+        used: Vec<(Bdf, Vec<HostUse>)>,
+    },
     /// The device could not be read again right before acting.
     Unreadable {
         /// The device.
@@ -116,6 +125,22 @@ pub enum Refusal {
         /// Why.
         message: String,
     },
+}
+
+fn host_uses_text(uses: &[HostUse]) -> String {
+    uses.iter()
+        .map(|u| match u {
+            HostUse::Mounted { block, mountpoint } => {
+                format!("{block} is mounted on {mountpoint}")
+            }
+            HostUse::Swap { block } => format!("{block} is a swap area"),
+            HostUse::Stacked { block, holder } => {
+                format!("{holder} is built on {block} (LVM, md or dm)")
+            }
+            HostUse::NetUp { ifname } => format!("interface {ifname} is up"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn holders_text(holders: &[HolderInfo]) -> String {
@@ -174,25 +199,23 @@ impl fmt::Display for Refusal {
                 "{bdf} is open through VFIO by {}; refusing to park a device in use",
                 holders_text(holders)
             ),
-            Refusal::HostInUse { bdf, uses } => {
-                let list: Vec<String> = uses
+            Refusal::HostInUse { bdf, uses } => write!(
+                f,
+                "{bdf} is in use by the host ({}); stop that use first (unmount, swapoff, \
+                 remove the volume or array built on it, take the interface down)",
+                host_uses_text(uses)
+            ),
+            Refusal::VfsInHostUse { pf, current, used } => {
+                let list: Vec<String> = used
                     .iter()
-                    .map(|u| match u {
-                        HostUse::Mounted { block, mountpoint } => {
-                            format!("{block} is mounted on {mountpoint}")
-                        }
-                        HostUse::Swap { block } => format!("{block} is a swap area"),
-                        HostUse::Stacked { block, holder } => {
-                            format!("{holder} is built on {block} (LVM, md or dm)")
-                        }
-                        HostUse::NetUp { ifname } => format!("interface {ifname} is up"),
-                    })
+                    .map(|(vf, u)| format!("{vf}: {}", host_uses_text(u)))
                     .collect();
                 write!(
                     f,
-                    "{bdf} is in use by the host ({}); stop that use first (unmount, swapoff, \
-                     remove the volume or array built on it, take the interface down)",
-                    list.join(", ")
+                    "{pf}: sriov_numvfs is {current} and the host uses its VFs ({}); refusing \
+                     to change the VF count (every change passes through 0 and would destroy \
+                     them): stop those uses first",
+                    list.join("; ")
                 )
             }
             Refusal::NotVfioBound { bdf, driver } => write!(
@@ -270,6 +293,19 @@ pub fn check(action: &Action, facts: &Facts) -> Vec<Refusal> {
                         pf: bdf,
                         current: sriov.num_vfs,
                         held,
+                    });
+                }
+                let used: Vec<(Bdf, Vec<HostUse>)> = facts
+                    .vfs
+                    .iter()
+                    .filter(|vf| !vf.host_use.is_empty())
+                    .map(|vf| (vf.bdf, vf.host_use.clone()))
+                    .collect();
+                if count != sriov.num_vfs && !used.is_empty() {
+                    out.push(Refusal::VfsInHostUse {
+                        pf: bdf,
+                        current: sriov.num_vfs,
+                        used,
                     });
                 }
             }
@@ -475,6 +511,27 @@ mod tests {
             )),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn vfs_the_host_uses_freeze_the_vf_count() {
+        let l = lab();
+        let p = allow("\"0000:01:00.0\"");
+        let mut f = facts::gather(&l.roots, Some(&p), l.pf).unwrap();
+        f.vfs[0].host_use.push(facts::HostUse::NetUp {
+            ifname: "enp1s0v0".into(),
+        });
+        let r = check(&Action::SetVfs { pf: l.pf, count: 0 }, &f);
+        assert!(
+            matches!(&r[..], [Refusal::VfsInHostUse { current: 2, used, .. }] if used[0].0 == l.vf),
+            "{r:?}"
+        );
+        let text = r[0].to_string();
+        assert!(
+            text.contains("0000:01:00.1: interface enp1s0v0 is up"),
+            "{text}"
+        );
+        assert_eq!(check(&Action::SetVfs { pf: l.pf, count: 2 }, &f), vec![]);
     }
 
     #[test]

@@ -574,6 +574,12 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn wake(f: u8) -> Action {
+        Action::Wake {
+            bdf: Bdf::new(0, 1, 0, f).unwrap(),
+        }
+    }
+
     #[test]
     fn entries_survive_reopen_and_sequence_continues() {
         let dir = tempfile::tempdir().unwrap();
@@ -619,13 +625,7 @@ mod tests {
         assert_eq!(entries.len(), 1);
         // The torn line was cut off: the next entry starts a line of its
         // own, and the journal reads whole on the next start.
-        j.intent(
-            2.0,
-            Action::Wake {
-                bdf: bdf("0000:01:00.2"),
-            },
-        )
-        .unwrap();
+        j.intent(2.0, wake(2)).unwrap();
         drop(j);
         assert_eq!(read(dir.path()).unwrap().len(), 2);
         // A whole last entry that lost its newline gets one.
@@ -633,13 +633,7 @@ mod tests {
         std::fs::write(&path, text.trim_end()).unwrap();
         let (mut j, entries) = Journal::open(dir.path()).unwrap();
         assert_eq!(entries.len(), 2);
-        j.intent(
-            3.0,
-            Action::Wake {
-                bdf: bdf("0000:01:00.3"),
-            },
-        )
-        .unwrap();
+        j.intent(3.0, wake(3)).unwrap();
         drop(j);
         assert_eq!(read(dir.path()).unwrap().len(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
