@@ -439,6 +439,18 @@ fn reconcile_note(
     } else {
         "had not taken effect; not re-applied"
     };
+    // A resize is written 0 then N: stopped in between, the old VFs are gone
+    // and the new ones were never made (the intent does not say whether it
+    // was a resize or a creation from 0).
+    if let (&Action::SetVfs { count, .. }, false, Some(0)) = (action, took_effect, state.num_vfs)
+        && count != 0
+    {
+        return format!(
+            "had not taken effect: sriov_numvfs reads 0, not {count} (if it was a resize, its \
+             0 was written and the old VFs are gone); not re-applied, the next plan sizes the \
+             pool again"
+        );
+    }
     let Some(vm) = action.vm() else {
         return verdict.to_owned();
     };
@@ -716,6 +728,10 @@ mod tests {
         j.intent(1.0, Action::SetVfs { pf, count: 2 }).unwrap();
         // Crashed before: it still reads 2, not 4.
         j.intent(2.0, Action::SetVfs { pf, count: 4 }).unwrap();
+        // Stopped between the 0 and the new count of a resize.
+        let pf2 = tree.add("0000:05:00.0");
+        tree.sriov(pf2, 4, 0);
+        j.intent(2.5, Action::SetVfs { pf: pf2, count: 3 }).unwrap();
         // The device vanished.
         j.intent(
             3.0,
@@ -732,11 +748,16 @@ mod tests {
             dev: tree.dir.path().join("dev"),
         };
         let found = j.reconcile(&entries, &roots, None, 10.0).unwrap();
-        assert_eq!(found.len(), 3);
+        assert_eq!(found.len(), 4);
         assert!(found[0].took_effect);
         assert!(!found[1].took_effect);
         assert_eq!(found[1].state.as_ref().unwrap().num_vfs, Some(2));
-        assert!(found[2].state.is_none());
+        assert!(
+            !found[2].took_effect && found[2].note.contains("sriov_numvfs reads 0, not 3"),
+            "{}",
+            found[2].note
+        );
+        assert!(found[3].state.is_none());
         assert_eq!(
             tree.read(pf, "sriov_numvfs").trim(),
             "2",
