@@ -81,6 +81,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         // SAFETY: no other thread exists yet (the runtime starts below).
         unsafe { std::env::set_var("POLARS_MAX_THREADS", "1") };
     }
+    // An invalid policy stops the agent before anything else starts (the
+    // demo has its own).
+    let policy = if args.demo {
+        None
+    } else {
+        vpm::policy::Policy::load(&args.policy)?
+    };
     std::fs::create_dir_all(&args.export_dir).with_context(|| {
         format!(
             "cannot create the export directory {}",
@@ -90,8 +97,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.demo {
         return run_demo(args);
     }
-    // An invalid policy stops the agent before anything else starts.
-    let policy = vpm::policy::Policy::load(&args.policy)?;
     match &policy {
         None => log::warn!(
             "no policy file at {}: vpm observes and forecasts but manages no device",

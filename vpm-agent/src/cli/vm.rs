@@ -75,10 +75,11 @@ pub fn run(args: &VmArgs) -> anyhow::Result<()> {
 fn resolve(proc_root: &std::path::Path, arg: &str) -> anyhow::Result<VmRef> {
     let vms = identity::scan_vmms(proc_root)?;
     let by_pid = arg.parse::<u32>().ok();
-    let found: Vec<_> = vms
-        .iter()
-        .filter(|v| v.name == arg || Some(v.pid) == by_pid)
-        .collect();
+    // A pid names one process; it wins over a VM that took it as its name.
+    let found: Vec<_> = match vms.iter().find(|v| Some(v.pid) == by_pid) {
+        Some(v) => vec![v],
+        None => vms.iter().filter(|v| v.name == arg).collect(),
+    };
     match found.as_slice() {
         [one] if one.vmm == Vmm::Qemu => Ok(VmRef {
             name: one.name.clone(),

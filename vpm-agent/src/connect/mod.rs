@@ -160,7 +160,9 @@ impl Hotplug for QmpHotplug {
             Monitor::Unix { path, .. } if !libvirt => {
                 let timeout = self.query_timeout();
                 match block(|| async {
-                    let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
+                    let mut q = Qmp::connect_to(&path, timeout, vm.pid)
+                        .await
+                        .map_err(qmp_err)?;
                     attachments(&mut q).await.map_err(qmp_err)
                 })
                 .and_then(|r| r)
@@ -183,7 +185,9 @@ impl Hotplug for QmpHotplug {
         let path = self.socket(vm)?;
         let timeout = self.command_timeout();
         block(|| async {
-            let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
+            let mut q = Qmp::connect_to(&path, timeout, vm.pid)
+                .await
+                .map_err(qmp_err)?;
             let ports = ports(&mut q, &self.settings).await.map_err(qmp_err)?;
             let Some(port) = ports.free.first().cloned() else {
                 return Err(HotplugError {
@@ -208,7 +212,9 @@ impl Hotplug for QmpHotplug {
         let timeout = self.command_timeout();
         let wait = Duration::from_secs_f64(self.settings.unplug_timeout_s);
         block(|| async {
-            let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
+            let mut q = Qmp::connect_to(&path, timeout, vm.pid)
+                .await
+                .map_err(qmp_err)?;
             let found = attachments(&mut q).await.map_err(qmp_err)?;
             let Some(a) = found.into_iter().find(|a| a.vf == vf) else {
                 return Err(HotplugError {
@@ -228,18 +234,23 @@ impl Hotplug for QmpHotplug {
             }
             q.device_del(&a.id, wait).await.map_err(|e| match e {
                 // The answer came, the event did not: the device is still
-                // there and QEMU keeps the request pending.
-                QmpError::Timeout { .. } => HotplugError {
-                    message: format!(
-                        "{e}: QEMU sent no DEVICE_DELETED for {} ({vf}), so the guest has not \
+                // there and QEMU keeps the request pending. (No answer to
+                // `device_del` itself is an unknown outcome, below.)
+                QmpError::Timeout { ref during, .. }
+                    if during.starts_with(crate::qmp::client::AWAITING_DELETED) =>
+                {
+                    HotplugError {
+                        message: format!(
+                            "{e}: QEMU sent no DEVICE_DELETED for {} ({vf}), so the guest has not \
                          released it and it stays attached (a guest without a hot-plug driver, \
                          or ACPI hot-plug waiting for the guest's OS); QEMU keeps the unplug \
                          request pending, and if the guest releases the VF later vpm parks it \
                          like any free VF",
-                        a.id
-                    ),
-                    outcome_unknown: false,
-                },
+                            a.id
+                        ),
+                        outcome_unknown: false,
+                    }
+                }
                 e => request_err(e),
             })
         })?
@@ -249,7 +260,9 @@ impl Hotplug for QmpHotplug {
         let path = self.socket(vm).map_err(|e| e.to_string())?;
         let timeout = self.query_timeout();
         block(|| async {
-            let mut q = Qmp::connect(&path, timeout).await.map_err(qmp_err)?;
+            let mut q = Qmp::connect_to(&path, timeout, vm.pid)
+                .await
+                .map_err(qmp_err)?;
             in_vm(&mut q, vf).await.map_err(qmp_err)
         })
         .and_then(|r| r)
@@ -429,7 +442,9 @@ pub fn list_vms(
             ),
             (Monitor::Unix { path, .. }, false) => {
                 match block(|| async {
-                    let mut q = Qmp::connect(path, timeout).await.map_err(qmp_err)?;
+                    let mut q = Qmp::connect_to(path, timeout, id.pid)
+                        .await
+                        .map_err(qmp_err)?;
                     let a = attachments(&mut q).await.map_err(qmp_err)?;
                     let f = ports(&mut q, settings).await.map_err(qmp_err)?;
                     Ok((a, f))

@@ -133,11 +133,12 @@ impl Tracker {
                 Err(HalError::NoDevice { .. }) => continue,
                 Err(e) => return Err(e),
             };
+            // VFs are seen through their PF (skipped below).
             let candidate = Candidate {
                 bdf,
                 vendor: f.vendor,
                 device: f.device,
-                physfn: f.physfn,
+                physfn: None,
             };
             // A PF counts when it or one of its VFs is allowed (a policy may
             // hand vpm single VFs of a PF it must not resize).
@@ -148,7 +149,11 @@ impl Tracker {
                             bdf: *vf,
                             vendor: v.vendor,
                             device: v.device,
-                            physfn: Some(bdf),
+                            physfn: Some(crate::policy::Pf {
+                                bdf,
+                                vendor: f.vendor,
+                                device: f.device,
+                            }),
                         })
                     })
                 })

@@ -57,12 +57,24 @@ pub fn gather(
     bdf: Bdf,
 ) -> Result<Facts, HalError> {
     let function = backend.function(bdf)?;
+    // A VF is allowed with its PF, which may be named by its ids.
+    let physfn = match function.physfn {
+        Some(pf) => {
+            let f = backend.function(pf)?;
+            Some(crate::policy::Pf {
+                bdf: pf,
+                vendor: f.vendor,
+                device: f.device,
+            })
+        }
+        None => None,
+    };
     let allowed = policy.is_some_and(|p| {
         p.devices.allows(&Candidate {
             bdf,
             vendor: function.vendor,
             device: function.device,
-            physfn: function.physfn,
+            physfn,
         })
     });
     let mut group_members = Vec::new();

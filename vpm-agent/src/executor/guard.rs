@@ -91,6 +91,11 @@ pub enum Refusal {
         /// Its driver.
         driver: Option<String>,
     },
+    /// What would be handed to a VM is not an SR-IOV VF.
+    NotAVf {
+        /// The function.
+        bdf: Bdf,
+    },
     /// A VF to hand to a VM is already open through VFIO.
     InUse {
         /// The device.
@@ -237,6 +242,10 @@ impl fmt::Display for Refusal {
             Refusal::NoIommuGroup { bdf } => {
                 write!(f, "{bdf} has no IOMMU group; VFIO cannot take it")
             }
+            Refusal::NotAVf { bdf } => write!(
+                f,
+                "{bdf} is not an SR-IOV VF (it has no physfn); vpm hands only VFs to VMs"
+            ),
             Refusal::Unreadable { bdf, message } => write!(
                 f,
                 "{bdf} could not be read again right before acting ({message}); nothing done, \
@@ -329,6 +338,9 @@ pub fn check(action: &Action, facts: &Facts) -> Vec<Refusal> {
         }
         Action::Wake { .. } => {}
         Action::Attach { .. } => {
+            if facts.function.physfn.is_none() {
+                out.push(Refusal::NotAVf { bdf });
+            }
             if facts.function.driver.as_deref() != Some(VFIO_DRIVER) {
                 out.push(Refusal::NotVfioBound {
                     bdf,
@@ -509,6 +521,31 @@ mod tests {
                     ..
                 }
             )),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_vf_bound_to_vfio_pci_is_handed_to_a_vm() {
+        let l = lab();
+        let p = allow("\"0000:01:00.0\"");
+        let vm = crate::executor::VmRef {
+            name: "vm-a".into(),
+            pid: 7,
+        };
+        l.tree.bind(l.vf, VFIO_DRIVER);
+        let f = facts::gather(&l.roots, Some(&p), l.vf).unwrap();
+        let attach = |vf| Action::Attach { vm: vm.clone(), vf };
+        assert_eq!(check(&attach(l.vf), &f), vec![]);
+        // The PF itself is no VF (and bound to its own driver).
+        let f = facts::gather(&l.roots, Some(&p), l.pf).unwrap();
+        let r = check(&attach(l.pf), &f);
+        assert!(
+            r.iter().any(|r| matches!(r, Refusal::NotAVf { .. })),
+            "{r:?}"
+        );
+        assert!(
+            r.iter().any(|r| matches!(r, Refusal::NotVfioBound { .. })),
             "{r:?}"
         );
     }

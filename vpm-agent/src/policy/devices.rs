@@ -81,7 +81,18 @@ pub struct Candidate {
     /// Its device id.
     pub device: u16,
     /// Its physical function, when it is an SR-IOV VF.
-    pub physfn: Option<Bdf>,
+    pub physfn: Option<Pf>,
+}
+
+/// A VF's physical function, as the allow-list matches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pf {
+    /// Its address.
+    pub bdf: Bdf,
+    /// Its vendor id.
+    pub vendor: u16,
+    /// Its device id.
+    pub device: u16,
 }
 
 impl DeviceMatch {
@@ -97,12 +108,13 @@ impl DeviceMatch {
 }
 
 impl Devices {
-    /// Whether vpm may act on `c`: it is named, or it is a VF of a named PF.
-    /// A VF's PF matches by address only (the PF's ids are not known here).
+    /// Whether vpm may act on `c`: it is named (by address or ids), or it is
+    /// a VF of a PF so named.
     pub fn allows(&self, c: &Candidate) -> bool {
         self.allow.iter().any(|m| {
             m.matches_self(c.bdf, c.vendor, c.device)
-                || c.physfn.is_some_and(|pf| *m == DeviceMatch::Address(pf))
+                || c.physfn
+                    .is_some_and(|pf| m.matches_self(pf.bdf, pf.vendor, pf.device))
         })
     }
 }
@@ -158,7 +170,11 @@ mod tests {
         };
         let vf = Candidate {
             bdf: bdf("0000:01:00.1"),
-            physfn: Some(pf.bdf),
+            physfn: Some(Pf {
+                bdf: pf.bdf,
+                vendor: pf.vendor,
+                device: pf.device,
+            }),
             ..pf
         };
         let other = Candidate {
@@ -179,5 +195,15 @@ mod tests {
         };
         assert!(by_ids.allows(&other));
         assert!(!by_ids.allows(&pf));
+        // A PF named by its ids allows its VFs (whose own ids differ).
+        let pf_ids = Devices {
+            allow: vec![DeviceMatch::Ids {
+                vendor: 0x1b36,
+                device: 0x10,
+            }],
+        };
+        let vf_own_ids = Candidate { device: 0x11, ..vf };
+        assert!(pf_ids.allows(&pf) && pf_ids.allows(&vf_own_ids));
+        assert!(!pf_ids.allows(&other));
     }
 }

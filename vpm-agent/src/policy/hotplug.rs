@@ -15,15 +15,19 @@ pub struct HotplugSettings {
     /// `xio3130-downstream`) with nothing on it. Default empty.
     pub ports: Vec<String>,
     /// The QMP socket of VMs whose command line names none, with `{name}`
-    /// standing for the VM's name (`/run/vpm/qmp/{name}.sock`). Default none:
-    /// such VMs are reported as having no monitor.
+    /// standing for the VM's name (`/run/vpm/qmp/{name}.sock`; it must
+    /// contain `{name}`, so VMs do not share one). Default none: such VMs
+    /// are reported as having no monitor.
+    #[serde(deserialize_with = "monitor_template")]
     pub monitor: Option<String>,
-    /// Seconds to wait for each QMP answer (above 0). Default 10.
-    #[serde(deserialize_with = "super::settings::positive")]
+    /// Seconds to wait for each QMP answer (above 0, at most an hour).
+    /// Default 10.
+    #[serde(deserialize_with = "super::settings::timeout")]
     pub command_timeout_s: f64,
-    /// Seconds to wait for `DEVICE_DELETED` after `device_del` (above 0);
-    /// past it the VF is reported as still attached. Default 10.
-    #[serde(deserialize_with = "super::settings::positive")]
+    /// Seconds to wait for `DEVICE_DELETED` after `device_del` (above 0, at
+    /// most an hour); past it the VF is reported as still attached.
+    /// Default 10.
+    #[serde(deserialize_with = "super::settings::timeout")]
     pub unplug_timeout_s: f64,
     /// The resource whose forecast says how many VFs a VM wants hot-plugged
     /// (`cpu`, `net_rx_bytes_per_s`, ... any series vpm records). Default
@@ -40,6 +44,19 @@ pub struct HotplugSettings {
     pub attached_s: f64,
     /// When vpm takes back a VF it attached. Default `idle`.
     pub give_back: GiveBack,
+}
+
+/// A monitor path template: it names each VM's own socket (`{name}`).
+fn monitor_template<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let t = String::deserialize(d)?;
+    if t.contains("{name}") {
+        Ok(Some(t))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "monitor {t:?}: must contain {{name}} (the VM's name), so each VM gets its own \
+             socket, e.g. \"/run/vpm/qmp/{{name}}.sock\""
+        )))
+    }
 }
 
 /// When vpm takes back a VF it attached (`[hotplug] give_back`).
@@ -109,5 +126,10 @@ mod tests {
         let h: HotplugSettings = toml::from_str("give_back = \"contention\"\n").unwrap();
         assert_eq!(h.give_back, GiveBack::Contention);
         assert!(toml::from_str::<HotplugSettings>("give_back = \"never\"\n").is_err());
+        let e = toml::from_str::<HotplugSettings>("monitor = \"/run/a.sock\"\n").unwrap_err();
+        assert!(e.to_string().contains("{name}"), "{e}");
+        assert!(toml::from_str::<HotplugSettings>("monitor = \"\"\n").is_err());
+        let e = toml::from_str::<HotplugSettings>("command_timeout_s = 1e20\n").unwrap_err();
+        assert!(e.to_string().contains("at most 3600"), "{e}");
     }
 }

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use devices::{Candidate, DeviceMatch, Devices};
+pub use devices::{Candidate, DeviceMatch, Devices, Pf};
 pub use hotplug::{GiveBack, HotplugSettings};
 pub use qos::{ClassRef, Headroom, QosClass, builtin_classes};
 pub use settings::{Dwell, MAX_HORIZON_S, PlanSettings, Preference};

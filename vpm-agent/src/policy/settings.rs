@@ -221,6 +221,21 @@ pub(crate) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error>
     }
 }
 
+/// The longest timeout a policy may set, seconds (an hour).
+pub const MAX_TIMEOUT_S: f64 = 3600.0;
+
+/// A timeout: above 0 and at most [`MAX_TIMEOUT_S`].
+pub(crate) fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() && v > 0.0 && v <= MAX_TIMEOUT_S {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "timeout {v} s: must be above 0 and at most {MAX_TIMEOUT_S} s (an hour)"
+        )))
+    }
+}
+
 /// A horizon: above 0 and at most [`MAX_HORIZON_S`].
 fn horizon<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     let v = f64::deserialize(d)?;

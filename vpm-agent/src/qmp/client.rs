@@ -28,13 +28,40 @@ pub struct Qmp {
     version: Option<String>,
 }
 
+/// What a [`QmpError::Timeout`] of [`Qmp::device_del`] says it was doing
+/// when the answer came but the event did not (`during` starts with it).
+pub const AWAITING_DELETED: &str = "waiting for DEVICE_DELETED";
+
 impl Qmp {
     /// Connects to the monitor socket at `path`, reads the greeting and
     /// negotiates capabilities, each step within `timeout`.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        Self::connect_checked(path, timeout, None).await
+    }
+
+    /// As [`connect`](Self::connect), to the monitor of the VM in process
+    /// `owner`: the socket's other end must be that process (`SO_PEERCRED`),
+    /// so a path another VM bound over it, or a policy template that names
+    /// another VM's socket, is refused rather than acted on.
+    pub async fn connect_to(path: &Path, timeout: Duration, owner: u32) -> Result<Self, QmpError> {
+        Self::connect_checked(path, timeout, Some(owner)).await
+    }
+
+    async fn connect_checked(
+        path: &Path,
+        timeout: Duration,
+        owner: Option<u32>,
+    ) -> Result<Self, QmpError> {
         let deadline = Instant::now() + timeout;
         let stream = match timeout_at(deadline, UnixStream::connect(path)).await {
             Ok(Ok(s)) => s,
+            // A full listen queue: QEMU takes one client at a time, and
+            // another holds the monitor.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(QmpError::Busy {
+                    path: path.to_path_buf(),
+                });
+            }
             Ok(Err(source)) => {
                 return Err(QmpError::Connect {
                     path: path.to_path_buf(),
@@ -49,6 +76,20 @@ impl Qmp {
                 });
             }
         };
+        if let Some(owner) = owner {
+            let found = stream
+                .peer_cred()
+                .ok()
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok());
+            if found != Some(owner) {
+                return Err(QmpError::NotOwner {
+                    path: path.to_path_buf(),
+                    owner,
+                    found,
+                });
+            }
+        }
         let (read, writer) = stream.into_split();
         let mut qmp = Qmp {
             path: path.to_path_buf(),
@@ -161,7 +202,7 @@ impl Qmp {
             .wait_event(
                 |e| e.is_device_deleted(id) || e.is_unplug_error(id),
                 wait,
-                &format!("waiting for DEVICE_DELETED of {id}"),
+                &format!("{AWAITING_DELETED} of {id}"),
             )
             .await?;
         if e.is_unplug_error(id) {

@@ -30,6 +30,30 @@ pub enum QmpError {
         #[source]
         source: std::io::Error,
     },
+    /// Another client holds the monitor (QEMU serves one at a time).
+    #[error(
+        "QMP monitor {path} is busy: another client holds it (QEMU serves one at a time); \
+         close that client, or give the VM a second `-qmp` socket for vpm"
+    )]
+    Busy {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The socket's other end is not the VM's process.
+    #[error(
+        "QMP monitor {path} belongs to {}, not to the VM's process {owner}: another VM \
+         bound the same path, or the policy's [hotplug] monitor names another VM's socket; \
+         give each VM its own socket",
+        .found.map(|p| format!("process {p}")).unwrap_or_else(|| "an unknown process".into())
+    )]
+    NotOwner {
+        /// The socket.
+        path: PathBuf,
+        /// The VM's process.
+        owner: u32,
+        /// The process at the other end.
+        found: Option<u32>,
+    },
     /// The monitor closed the connection (QEMU exited or dropped the client).
     #[error("QMP monitor {path} closed the connection while {during}{}", .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Closed {

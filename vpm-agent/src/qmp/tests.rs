@@ -395,3 +395,22 @@ fn in_vm_reads_the_qom_tree_then_query_pci() {
         assert!(!found.on_bus);
     });
 }
+
+#[test]
+fn a_socket_of_another_process_is_refused() {
+    rt().block_on(async {
+        // The scripted server runs in this process: its socket's owner.
+        let me = std::process::id();
+        let (_d, path) = serve(vec![("qmp_capabilities", ok())]).await;
+        let Err(err) = Qmp::connect_to(&path, SHORT, me + 1).await else {
+            panic!("connected to a socket of another process");
+        };
+        assert!(
+            matches!(&err, QmpError::NotOwner { owner, found: Some(f), .. } if *owner == me + 1 && *f == me),
+            "{err}"
+        );
+        assert!(err.to_string().contains("another VM"), "{err}");
+        let (_d, path) = serve(vec![("qmp_capabilities", ok())]).await;
+        assert!(Qmp::connect_to(&path, SHORT, me).await.is_ok());
+    });
+}

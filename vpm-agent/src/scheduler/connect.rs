@@ -145,7 +145,7 @@ pub(crate) fn plan(
     let any_vf = host
         .pfs
         .iter()
-        .any(|p| p.vfs.iter().any(|v| ctx.allowed(&v.candidate(Some(p.bdf)))));
+        .any(|p| p.vfs.iter().any(|v| ctx.allowed(&v.candidate(Some(p)))));
     if ctx.hotplug_pf.is_none() && !any_vf {
         // No PF or VF vpm may act on: nothing to attach, nothing to report.
         return;
@@ -157,7 +157,7 @@ pub(crate) fn plan(
         host.pfs.iter().any(|pf| {
             pf.vfs
                 .iter()
-                .any(|v| v.bdf == vf && ctx.allowed(&v.candidate(Some(pf.bdf))))
+                .any(|v| v.bdf == vf && ctx.allowed(&v.candidate(Some(pf))))
         })
     };
     let dwell = ctx.policy.hotplug.attached_s;
@@ -282,7 +282,7 @@ pub(crate) fn plan(
         }
         for vf in &pf.vfs {
             if vf.user.is_held()
-                || !ctx.allowed(&vf.candidate(Some(pf.bdf)))
+                || !ctx.allowed(&vf.candidate(Some(pf)))
                 || vf.readiness() == Readiness::Unknown
             {
                 continue;

@@ -132,7 +132,7 @@ pub fn plan(now: f64, host: &HostState, forecasts: &Forecasts, policy: &Policy) 
         power::free_vfs(&ctx, pf, &mut power_out);
         let mut held: Vec<&DeviceState> = pf
             .held_vfs()
-            .filter(|v| ctx.allowed(&v.candidate(Some(pf.bdf))))
+            .filter(|v| ctx.allowed(&v.candidate(Some(pf))))
             .collect();
         held.sort_by_key(|v| v.bdf);
         for vf in held {

@@ -242,7 +242,7 @@ pub(crate) fn free_vfs(ctx: &Ctx<'_>, pf: &PfState, out: &mut PowerOutcome) {
         .iter()
         .filter(|v| !v.user.is_held())
         .filter(|v| v.readiness() != Readiness::Unknown)
-        .filter(|v| ctx.allowed(&v.candidate(Some(pf.bdf))))
+        .filter(|v| ctx.allowed(&v.candidate(Some(pf))))
         .collect();
     free.sort_by_key(|v| v.bdf);
     free.dedup_by_key(|v| v.bdf);

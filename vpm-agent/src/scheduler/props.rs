@@ -294,7 +294,7 @@ fn find(host: &HostState, b: Bdf) -> Option<Found<'_>> {
 fn candidate(found: &Found<'_>) -> Candidate {
     match found {
         Found::Pf(pf) => pf.candidate(),
-        Found::Vf(pf, v) => v.candidate(Some(pf.bdf)),
+        Found::Vf(pf, v) => v.candidate(Some(pf)),
         Found::Device(d) => d.candidate(None),
     }
 }

@@ -237,13 +237,17 @@ mod held_peak_tests {
 }
 
 impl DeviceState {
-    /// The allow-list's view of the device (`physfn`: its PF, for a VF).
-    pub fn candidate(&self, physfn: Option<Bdf>) -> Candidate {
+    /// The allow-list's view of the device (`pf`: its PF, for a VF).
+    pub fn candidate(&self, pf: Option<&PfState>) -> Candidate {
         Candidate {
             bdf: self.bdf,
             vendor: self.vendor,
             device: self.device,
-            physfn,
+            physfn: pf.map(|p| crate::policy::Pf {
+                bdf: p.bdf,
+                vendor: p.vendor,
+                device: p.device,
+            }),
         }
     }
 
