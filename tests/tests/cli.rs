@@ -866,6 +866,7 @@ fn vm_commands_find_monitors_ports_and_refuse_libvirt() {
     assert_eq!(rl["libvirt"], true);
     assert_eq!(rl["monitor"]["from"], "-chardev");
     assert!(rl["error"].as_str().unwrap().contains("libvirt"), "{rl}");
+    assert!(rl["ports"].is_null(), "not asked: unknown, not empty: {rl}");
     let rn = row(none.pid());
     assert_eq!(rn["monitor"]["kind"], "none");
     assert!(

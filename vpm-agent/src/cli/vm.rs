@@ -187,9 +187,19 @@ fn ports_text(p: &connect::Ports) -> String {
 }
 
 fn json_row(v: &VmEntry) -> serde_json::Value {
-    let (attached, error) = match &v.attached {
-        Ok(a) => (serde_json::to_value(a).unwrap_or_default(), None),
-        Err(e) => (serde_json::Value::Null, Some(e.clone())),
+    // Not asked (the error says why): attachments and ports are unknown,
+    // `null`, not empty.
+    let (attached, ports, error) = match &v.attached {
+        Ok(a) => (
+            serde_json::to_value(a).unwrap_or_default(),
+            serde_json::to_value(&v.ports).unwrap_or_default(),
+            None,
+        ),
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            Some(e.clone()),
+        ),
     };
     serde_json::json!({
         "vm": v.identity.name,
@@ -198,6 +208,6 @@ fn json_row(v: &VmEntry) -> serde_json::Value {
         "monitor": v.monitor,
         "attached": attached,
         "error": error,
-        "ports": v.ports,
+        "ports": ports,
     })
 }

@@ -97,6 +97,8 @@ pub struct Controller {
     reactions: VecDeque<f64>,
     /// Whether a reaction time past the horizon was logged.
     reaction_warned: bool,
+    /// Whether a `[hotplug] demand` no series carries was logged.
+    demand_warned: bool,
 }
 
 /// Most plans and action records kept between exports.
@@ -153,9 +155,34 @@ impl Controller {
                 warned: BTreeSet::new(),
                 reactions: VecDeque::new(),
                 reaction_warned: false,
+                demand_warned: false,
             },
             interrupted,
         ))
+    }
+
+    /// Logs once when VMs have forecasts but none of the resource `[hotplug]
+    /// demand` names (a typo would otherwise turn hot-plug off silently).
+    fn check_demand(&mut self, outlook: &[SeriesOutlook]) {
+        let Some(demand) = &self.policy.hotplug.demand else {
+            return;
+        };
+        if self.demand_warned
+            || outlook.is_empty()
+            || outlook.iter().any(|o| &o.key.resource == demand)
+        {
+            return;
+        }
+        self.demand_warned = true;
+        let mut names: Vec<&str> = outlook.iter().map(|o| o.key.resource.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(12);
+        log::warn!(
+            "[hotplug] demand = {demand:?}: no VM has a series of that name, so hot-plug plans \
+             nothing; the series vpm records include {}",
+            names.join(", ")
+        );
     }
 
     /// Asks the hypervisor what is hot-plugged into each VM that takes part
@@ -288,6 +315,7 @@ impl Controller {
             forecasts.add_with_rises(&o.key.vm, &o.key.resource, &ahead, &rises);
         }
         self.refresh_hotplug(now);
+        self.check_demand(outlook);
         let slowest = self.reactions.iter().copied().fold(0.0, f64::max);
         let cap = self.policy.plan.horizon_s;
         if slowest > cap && !self.reaction_warned {
@@ -506,6 +534,29 @@ mod tests {
         Controller::new(Box::new(sim), Some(policy), None, apply, dir, opts)
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn a_hotplug_demand_no_series_carries_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::parse(
+            "[devices]\nallow = [\"0000:01:00.0\"]\n[hotplug]\ndemand = \"cpuu\"\n",
+            "t".as_ref(),
+        )
+        .unwrap();
+        let (mut c, _) = Controller::new(
+            Box::new(SimPci::new()),
+            Some(policy),
+            None,
+            false,
+            dir.path(),
+            ApplyOptions::default(),
+        )
+        .unwrap();
+        c.step(1000.0, &[]);
+        assert!(!c.demand_warned, "no series yet: nothing to say");
+        c.step(1000.0, &[outlook("web", "cpu", 1.0)]);
+        assert!(c.demand_warned);
     }
 
     #[test]

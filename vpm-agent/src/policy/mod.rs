@@ -154,8 +154,31 @@ impl Policy {
     /// when it exists but is unreadable or invalid, or when another path
     /// names no file (a typo must not silently turn management off).
     pub fn load(path: &Path) -> Result<Option<Self>, PolicyError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, path).map(Some),
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Self::parse(&text, path).map(Some),
+                Err(e) => {
+                    let bytes = e.as_bytes();
+                    let at = e.utf8_error().valid_up_to();
+                    let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+                    let line_start = bytes[..at]
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let column = String::from_utf8_lossy(&bytes[line_start..at])
+                        .chars()
+                        .count()
+                        + 1;
+                    Err(PolicyError::Invalid {
+                        path: path.to_owned(),
+                        message: format!(
+                            "policy error at line {line}, column {column}: byte {:#04x} is not \
+                             UTF-8 text; save the file as UTF-8",
+                            bytes.get(at).copied().unwrap_or(0)
+                        ),
+                    })
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if path == Path::new(DEFAULT_PATH) {
                     Ok(None)
@@ -355,6 +378,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("0000:01:00"), "{err}");
+    }
+
+    #[test]
+    fn a_non_utf8_byte_is_named_by_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, b"[devices]\nallow = []\n# caf\xe9\n").unwrap();
+        let err = Policy::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 3, column 6") && err.contains("0xe9") && err.contains("UTF-8"),
+            "{err}"
+        );
     }
 
     #[test]
