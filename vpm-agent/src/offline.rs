@@ -183,12 +183,13 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
         .collect();
     // A series with a gap longer than the store bridges restarts after it:
     // say how much of it the forecasts and evaluations use.
+    let by_key: std::collections::HashMap<(&str, &str), &input::SeriesSamples> = trace
+        .series
+        .iter()
+        .map(|t| ((t.vm.as_str(), t.resource.as_str()), t))
+        .collect();
     for s in &series {
-        let Some(rows) = trace
-            .series
-            .iter()
-            .find(|t| t.vm == s.vm && t.resource == s.resource)
-        else {
+        let Some(rows) = by_key.get(&(s.vm.as_str(), s.resource.as_str())) else {
             continue;
         };
         let before = rows.timestamps.iter().filter(|t| **t < s.start).count();

@@ -291,31 +291,35 @@ pub fn check(action: &Action, facts: &Facts) -> Vec<Refusal> {
                         total: sriov.total_vfs,
                     });
                 }
-                let held: Vec<(Bdf, Vec<HolderInfo>)> = facts
-                    .vfs
-                    .iter()
-                    .filter(|vf| !vf.holders.is_empty())
-                    .map(|vf| (vf.bdf, vf.holders.clone()))
-                    .collect();
-                if count != sriov.num_vfs && !held.is_empty() {
-                    out.push(Refusal::VfsHeld {
-                        pf: bdf,
-                        current: sriov.num_vfs,
-                        held,
-                    });
-                }
-                let used: Vec<(Bdf, Vec<HostUse>)> = facts
-                    .vfs
-                    .iter()
-                    .filter(|vf| !vf.host_use.is_empty())
-                    .map(|vf| (vf.bdf, vf.host_use.clone()))
-                    .collect();
-                if count != sriov.num_vfs && !used.is_empty() {
-                    out.push(Refusal::VfsInHostUse {
-                        pf: bdf,
-                        current: sriov.num_vfs,
-                        used,
-                    });
+                // Only a change destroys VFs (setting the same count is a
+                // no-op).
+                if count != sriov.num_vfs {
+                    let held: Vec<(Bdf, Vec<HolderInfo>)> = facts
+                        .vfs
+                        .iter()
+                        .filter(|vf| !vf.holders.is_empty())
+                        .map(|vf| (vf.bdf, vf.holders.clone()))
+                        .collect();
+                    if !held.is_empty() {
+                        out.push(Refusal::VfsHeld {
+                            pf: bdf,
+                            current: sriov.num_vfs,
+                            held,
+                        });
+                    }
+                    let used: Vec<(Bdf, Vec<HostUse>)> = facts
+                        .vfs
+                        .iter()
+                        .filter(|vf| !vf.host_use.is_empty())
+                        .map(|vf| (vf.bdf, vf.host_use.clone()))
+                        .collect();
+                    if !used.is_empty() {
+                        out.push(Refusal::VfsInHostUse {
+                            pf: bdf,
+                            current: sriov.num_vfs,
+                            used,
+                        });
+                    }
                 }
             }
         },

@@ -243,13 +243,17 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(io)?;
-        let (entries, good_len) = read_entries(&path)?;
+        let Entries {
+            entries,
+            good_len,
+            open_line,
+        } = read_entries(&path)?;
         if file.metadata().map_err(io)?.len() > good_len {
             file.set_len(good_len).map_err(io)?;
             file.sync_all().map_err(io)?;
         }
         // A whole last entry whose newline was lost: end its line.
-        if good_len > 0 && !ends_with_newline(&path).map_err(io)? {
+        if open_line {
             (&file).write_all(b"\n").map_err(io)?;
             file.sync_data().map_err(io)?;
         }
@@ -299,7 +303,7 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let (entries, _) = read_entries(&self.path)?;
+        let entries = read_entries(&self.path)?.entries;
         let open: std::collections::HashSet<u64> =
             interrupted(&entries).iter().map(|e| e.seq).collect();
         let newest = entries.len().saturating_sub(KEEP_ENTRIES);
@@ -488,19 +492,10 @@ fn reconcile_note(
     format!("{verdict}: {held}, and {monitor}{split}")
 }
 
-fn ends_with_newline(path: &Path) -> std::io::Result<bool> {
-    use std::io::{Seek as _, SeekFrom};
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    f.read_exact(&mut last)?;
-    Ok(last[0] == b'\n')
-}
-
 /// The entries of the journal in `state_dir`, read without locking it (for
 /// looking, not acting); none when there is no journal.
 pub fn read(state_dir: &Path) -> Result<Vec<Entry>, JournalError> {
-    read_entries(&state_dir.join(FILE_NAME)).map(|(entries, _)| entries)
+    read_entries(&state_dir.join(FILE_NAME)).map(|r| r.entries)
 }
 
 /// Intents in `entries` with no later outcome of the same sequence number.
@@ -517,12 +512,22 @@ pub fn interrupted(entries: &[Entry]) -> Vec<Entry> {
         .collect()
 }
 
-/// The entries of the journal at `path`, and the length in bytes of the
-/// whole lines they came from (a torn last line is not counted).
-fn read_entries(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
+/// What [`read_entries`] found.
+#[derive(Default)]
+struct Entries {
+    entries: Vec<Entry>,
+    /// Bytes of the lines the entries came from (a torn last line is not
+    /// counted).
+    good_len: u64,
+    /// The last of those lines lacks its newline.
+    open_line: bool,
+}
+
+/// The entries of the journal at `path`.
+fn read_entries(path: &Path) -> Result<Entries, JournalError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Entries::default()),
         Err(source) => {
             return Err(JournalError::Io {
                 path: path.to_owned(),
@@ -573,7 +578,12 @@ fn read_entries(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
             }
         }
     }
-    Ok((out, good_len))
+    let open_line = good_len > 0 && bytes[good_len as usize - 1] != b'\n';
+    Ok(Entries {
+        entries: out,
+        good_len,
+        open_line,
+    })
 }
 
 #[cfg(test)]
@@ -584,6 +594,18 @@ mod tests {
 
     fn bdf(s: &str) -> Bdf {
         s.parse().unwrap()
+    }
+
+    /// The outcome `done` of action `seq`, without a read-back.
+    fn done(seq: u64, time: f64, action: &Action) -> Entry {
+        Entry {
+            seq,
+            time,
+            phase: Phase::Done,
+            action: action.clone(),
+            state: None,
+            note: None,
+        }
     }
 
     fn wake(f: u8) -> Action {
@@ -601,15 +623,7 @@ mod tests {
             bdf: bdf("0000:01:00.1"),
         };
         let seq = j.intent(1.0, a.clone()).unwrap();
-        j.append(&Entry {
-            seq,
-            time: 2.0,
-            phase: Phase::Done,
-            action: a.clone(),
-            state: None,
-            note: None,
-        })
-        .unwrap();
+        j.append(&done(seq, 2.0, &a)).unwrap();
         drop(j);
         let (mut j, entries) = Journal::open(dir.path()).unwrap();
         assert_eq!(entries.len(), 2);
@@ -676,15 +690,7 @@ mod tests {
         // Then intents with outcomes, past the limit.
         for i in 0..MAX_ENTRIES / 2 {
             let seq = j.intent(i as f64, a.clone()).unwrap();
-            j.append(&Entry {
-                seq,
-                time: i as f64,
-                phase: Phase::Done,
-                action: a.clone(),
-                state: None,
-                note: None,
-            })
-            .unwrap();
+            j.append(&done(seq, i as f64, &a)).unwrap();
         }
         drop(j);
         let entries = read(dir.path()).unwrap();

@@ -413,15 +413,15 @@ impl SeriesForecaster {
         // forecast's own interval has then (the largest of the history).
         // Enough for p95 but not for a higher level: the largest residual,
         // the highest level they support (n / (n + 1)).
-        let uncalibrated = self.buf.iter().copied().fold(pred, f64::max);
         let n = st.calib.len();
+        let buf = &self.buf;
         levels
             .iter()
             .map(|&l| {
                 if super::conformal::enough_for(n, l.min(0.95)) {
                     st.calib.quantile(l).map(|q| (pred + q).max(0.0))
                 } else {
-                    Some(uncalibrated)
+                    Some(buf.iter().copied().fold(pred, f64::max))
                 }
             })
             .collect()
