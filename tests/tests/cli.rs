@@ -560,8 +560,16 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
     let exports = dir.path().join("exports");
     let policy = dir.path().join("policy.toml");
     // Managing (a device this host does not have), so no device action: the
-    // plan still recommends CPU and memory for every VM.
-    std::fs::write(&policy, "[devices]\nallow = [\"0000:7f:1f.7\"]\n").unwrap();
+    // plan still recommends CPU and memory for every VM. db8's class holds a
+    // target under-provision rate: its headroom adapts to live outcomes.
+    std::fs::write(
+        &policy,
+        "[devices]\nallow = [\"0000:7f:1f.7\"]\n\
+         [classes.gold]\nunder_provision = 0.1\n\
+         [classes.best-effort]\nquantile = 0.8\n\
+         [vms]\nrules = [{ vm = \"db*\", class = \"gold\" }]\n",
+    )
+    .unwrap();
     let mut agent = vpm()
         .args([
             "run",
@@ -612,10 +620,35 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
         "{:#}",
         plan_json()
     );
+    // The gold class's forecasts (2 s and 5 s ahead, at 1 s steps) are
+    // scored as their targets' data comes in.
+    let scored = |p: &serde_json::Value| {
+        p["headroom"].as_array().is_some_and(|h| {
+            h.iter().any(|c| {
+                c["class"] == "gold"
+                    && c["target"] == 0.1
+                    && c["horizon_s"] == 2.0
+                    && c["stats"]["outcomes"].as_u64().is_some_and(|n| n >= 3)
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || scored(&plan_json())),
+        "{:#}",
+        plan_json()["headroom"]
+    );
     let p = plan_json();
     assert_eq!(p["managing"], true);
     assert_eq!(p["apply"], false);
     assert_eq!(p["plan"]["actions"].as_array().map(Vec::len), Some(0));
+    // Only classes with a target rate adapt.
+    let classes: Vec<&str> = p["headroom"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["class"].as_str())
+        .collect();
+    assert!(classes.iter().all(|c| *c == "gold"), "{classes:?}");
     let table = vpm()
         .args(["plan", "--socket"])
         .arg(&socket)
@@ -623,7 +656,7 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        table.contains("dry run") && table.contains("db8"),
+        table.contains("dry run") && table.contains("db8") && table.contains("TARGET ABOVE"),
         "{table}"
     );
 

@@ -8,10 +8,12 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::forecast::adaptive::{AdaptiveHeadroom, ClassHeadroom};
 use crate::forecast::onset::{OnsetConfig, OnsetModel};
 use crate::forecast::{
     Forecast, ForecastError, ForecasterConfig, SelectionBudget, SeriesForecaster,
 };
+use crate::policy::Headroom;
 use crate::scheduler::{Resource, vf_units};
 use crate::store::long::Row;
 use crate::store::{SeriesKey, Store, StoreConfig, StoreError};
@@ -114,6 +116,8 @@ pub struct Pipeline {
     tracked: HashMap<SeriesKey, Tracked>,
     /// The series [`Pipeline::select_one`] served last.
     last_selected: Option<SeriesKey>,
+    /// The headroom of classes with a target under-provision rate.
+    headroom: AdaptiveHeadroom<SeriesKey>,
 }
 
 fn phase_of(key: &SeriesKey) -> u64 {
@@ -132,6 +136,7 @@ impl Pipeline {
             store,
             tracked: HashMap::new(),
             last_selected: None,
+            headroom: AdaptiveHeadroom::new(),
         })
     }
 
@@ -223,6 +228,7 @@ impl Pipeline {
         let keys = self.store.keys();
         let live: std::collections::HashSet<&SeriesKey> = keys.iter().collect();
         self.tracked.retain(|k, _| live.contains(k));
+        self.headroom.retain(|k| live.contains(k));
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(series) = self.store.series(&key.vm, &key.resource) else {
@@ -267,9 +273,11 @@ impl Pipeline {
             };
             let first_new = ((t.fed_until - series.start) / step).round().max(0.0) as usize;
             if first_new < series.values.len() {
-                if let Some((m, unit)) = &mut t.onsets {
-                    for (i, v) in series.values.iter().enumerate().skip(first_new) {
-                        let at = series.start + i as f64 * step;
+                for (i, v) in series.values.iter().enumerate().skip(first_new) {
+                    let at = series.start + i as f64 * step;
+                    // The outcome of forecasts made for the step's end.
+                    self.headroom.resolve(&key, at + step, *v);
+                    if let Some((m, unit)) = &mut t.onsets {
                         // Bad values are refused by the forecaster just below.
                         let _ = m.observe(at, vf_units(v / *unit));
                     }
@@ -298,25 +306,30 @@ impl Pipeline {
 
     /// Moves each forecast's upper bound in `outlook` (made by
     /// [`Pipeline::forecast`] at the forecasters' own level) to the
-    /// calibrated bound at `level_of(vm)`, the VM's class headroom, where the
-    /// forecaster has residuals for it (else it stays). Never below the
-    /// point forecast. For a level series, never below its onset model's
-    /// bound at that level either ([`OnsetModel::bound`]: a rise at least
+    /// calibrated bound at the headroom of the VM's class, `class_of(vm)`,
+    /// where the forecaster has residuals for it (else it stays). A fixed
+    /// quantile is that level; a target under-provision rate is held by the
+    /// class's adaptive headroom ([`AdaptiveHeadroom`]), which picks the
+    /// level and learns from each forecast's outcome. Never below the point
+    /// forecast. For a level series, never below its onset model's bound at
+    /// that level either ([`OnsetModel::bound`]: a rise at least
     /// `1 − level` likely within the horizon counts).
-    pub fn rebound(&mut self, outlook: &mut [SeriesOutlook], level_of: impl Fn(&str) -> f64) {
+    pub fn rebound<'p>(
+        &mut self,
+        outlook: &mut [SeriesOutlook],
+        class_of: impl Fn(&str) -> (&'p str, Headroom),
+    ) {
         for o in outlook {
             let Some(t) = self.tracked.get_mut(&o.key) else {
                 continue;
             };
-            let level = level_of(&o.key.vm);
+            let (class, headroom) = class_of(&o.key.vm);
             o.rises = vec![None; o.forecasts.len()];
             for (i, f) in o.forecasts.iter_mut().enumerate() {
-                if let Some(u) = t
-                    .forecaster
-                    .bounds_at(f.horizon_s, &[level])
-                    .and_then(|b| b.first().copied())
-                    .filter(|u| u.is_finite())
-                {
+                let (level, bound) =
+                    self.headroom
+                        .bound(&mut t.forecaster, &o.key, class, headroom, f);
+                if let Some(u) = bound {
                     f.upper = u.max(f.predicted);
                 }
                 if let Some((m, unit)) = &t.onsets {
@@ -327,6 +340,12 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// The adaptive headroom of each class with a target under-provision
+    /// rate, per horizon: the level it plays and the rate it has held.
+    pub fn headroom(&self) -> Vec<ClassHeadroom> {
+        self.headroom.report()
     }
 }
 
@@ -432,9 +451,9 @@ mod tests {
         let base = p.forecast();
         assert!(!base.is_empty());
         let mut lo = base.clone();
-        p.rebound(&mut lo, |_| 0.5);
+        p.rebound(&mut lo, |_| ("c", Headroom::Quantile(0.5)));
         let mut hi = base.clone();
-        p.rebound(&mut hi, |_| 0.99);
+        p.rebound(&mut hi, |_| ("c", Headroom::Quantile(0.99)));
         let mut moved = 0;
         for ((b, l), h) in base.iter().zip(&lo).zip(&hi) {
             for ((fb, fl), fh) in b.forecasts.iter().zip(&l.forecasts).zip(&h.forecasts) {
@@ -449,6 +468,64 @@ mod tests {
             }
         }
         assert!(moved > 0, "no bound moved");
+    }
+
+    #[test]
+    fn a_target_rate_is_learned_from_live_outcomes() {
+        // One noisy series, planned at every point as the agent does (and
+        // twice, as plans between points do): each forecast is scored once,
+        // when its target's point arrives, and the bound is the chosen arm's.
+        let start = 1_700_000_000.0;
+        let mut rng = crate::forecast::synth::Rng::new(3);
+        let mut cfg = PipelineConfig::agent_default();
+        cfg.horizons_s = vec![10.0, 60.0];
+        let mut p = Pipeline::new(cfg).expect("pipeline");
+        let class = |_: &str| ("burstable", Headroom::UnderProvision(0.05));
+        let n = 600;
+        // (horizon, target time) of every forecast made.
+        let mut targets = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let row = Row {
+                timestamp: start + 10.0 * (i as f64 + 1.0),
+                vm: "a".into(),
+                pid: 1,
+                resource: "net_rx_bytes_per_s".into(),
+                value: 1000.0 + 100.0 * rng.normal(),
+            };
+            p.ingest(&[row], start + 10.0 * (i as f64 + 1.5))
+                .expect("ingest");
+            for _ in 0..2 {
+                let mut out = p.forecast_now();
+                for f in out.iter().flat_map(|o| &o.forecasts) {
+                    targets.insert((f.horizon_s as u64, f.target_time as u64));
+                }
+                p.rebound(&mut out, class);
+                for f in out.iter().flat_map(|o| &o.forecasts) {
+                    assert!(f.upper >= f.predicted, "{f:?}");
+                }
+            }
+        }
+        let r = p.headroom();
+        let horizons: Vec<f64> = r.iter().map(|c| c.horizon_s).collect();
+        assert_eq!(horizons, vec![10.0, 60.0]);
+        let fed = p.tracked.values().map(|t| t.fed_until as u64).max();
+        for c in &r {
+            assert_eq!((c.class.as_str(), c.target), ("burstable", 0.05));
+            // Each forecast whose target's point is in, once.
+            let expected = targets
+                .iter()
+                .filter(|(h, t)| *h == c.horizon_s as u64 && Some(*t) <= fed)
+                .count() as u64;
+            assert!(expected > 500, "{expected}");
+            assert_eq!(c.stats.outcomes, expected, "{c:?}");
+            assert!(c.stats.under_rate() < 0.15, "{c:?}");
+        }
+        // A fixed quantile learns nothing.
+        let mut q = Pipeline::new(PipelineConfig::agent_default()).expect("pipeline");
+        q.ingest(&[], start).expect("ingest");
+        let mut out = q.forecast_now();
+        q.rebound(&mut out, |_| ("c", Headroom::Quantile(0.9)));
+        assert!(q.headroom().is_empty());
     }
 
     #[test]
@@ -487,7 +564,7 @@ mod tests {
                 .expect("ingest");
             out = p.forecast();
         }
-        p.rebound(&mut out, |_| 0.95);
+        p.rebound(&mut out, |_| ("c", Headroom::Quantile(0.95)));
         let upper = |resource: &str| {
             out.iter()
                 .find(|o| o.key.resource == resource)

@@ -90,6 +90,10 @@ pub enum Response {
         managing: bool,
         /// Whether the agent acts (`--apply`) or only plans.
         apply: bool,
+        /// The adaptive headroom of each class with a target
+        /// under-provision rate, per horizon (empty without such a class).
+        #[serde(default)]
+        headroom: Vec<crate::forecast::adaptive::ClassHeadroom>,
     },
     /// Answer to [`Request::Forecast`]: empty before the first plan.
     Forecast {

@@ -35,6 +35,8 @@ pub struct PlanView {
     pub forecast_at: Option<f64>,
     /// The forecasts it used.
     pub forecasts: Vec<super::ForecastEntry>,
+    /// The adaptive headroom of the classes with a target rate.
+    pub headroom: Vec<crate::forecast::adaptive::ClassHeadroom>,
 }
 
 /// Errors setting up the socket.
@@ -133,6 +135,7 @@ fn answer(shared: &Mutex<Shared>, request: &Request) -> Response {
             host: shared.plan.host.clone(),
             managing: shared.plan.managing,
             apply: shared.plan.apply,
+            headroom: shared.plan.headroom.clone(),
         },
         Request::Report { seconds } => {
             if !(seconds.is_finite() && *seconds > 0.0) {

@@ -8,6 +8,7 @@ use comfy_table::Table;
 
 use super::output::{Format, new_table};
 use vpm::api::{self, Response};
+use vpm::forecast::adaptive::ClassHeadroom;
 use vpm::scheduler::Plan;
 
 /// Arguments of `vpm plan`.
@@ -17,7 +18,7 @@ pub struct PlanArgs {
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
     /// Output format: tables, or the agent's answer as JSON (`plan`, `host`,
-    /// `managing`, `apply`).
+    /// `managing`, `apply`, `headroom`).
     #[arg(long, value_enum, default_value = "table")]
     output: Format,
 }
@@ -30,13 +31,19 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         host,
         managing,
         apply,
+        headroom,
     } = response
     else {
         anyhow::bail!("the agent answered something else than a plan");
     };
     if args.output == Format::Json {
-        let all =
-            serde_json::json!({ "plan": plan, "host": host, "managing": managing, "apply": apply });
+        let all = serde_json::json!({
+            "plan": plan,
+            "host": host,
+            "managing": managing,
+            "apply": apply,
+            "headroom": headroom,
+        });
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
@@ -54,7 +61,42 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     if let Some(t) = attachments(&host) {
         println!("{t}");
     }
+    if let Some(t) = headroom_table(&headroom) {
+        println!("{t}");
+    }
     Ok(())
+}
+
+/// The adaptive headroom of the classes with a target under-provision rate,
+/// or `None` when no class sets one.
+pub fn headroom_table(headroom: &[ClassHeadroom]) -> Option<Table> {
+    if headroom.is_empty() {
+        return None;
+    }
+    let mut t = new_table([
+        "CLASS",
+        "HORIZON",
+        "TARGET ABOVE",
+        "LEVEL NOW",
+        "ABOVE SO FAR",
+        "OUTCOMES",
+    ]);
+    for c in headroom {
+        let held = if c.stats.outcomes == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1} %", 100.0 * c.stats.under_rate())
+        };
+        t.add_row(vec![
+            c.class.clone(),
+            format!("{} s", c.horizon_s),
+            format!("{:.1} %", 100.0 * c.target),
+            format!("{}", c.level),
+            held,
+            c.stats.outcomes.to_string(),
+        ]);
+    }
+    Some(t)
 }
 
 /// The VFs hot-plugged into each VM vpm connects (from the agent's host

@@ -540,7 +540,7 @@ impl Worker {
         // Plans use each VM's class headroom, not the exports' fixed level.
         let controller = &mut self.controller;
         self.pipeline
-            .rebound(&mut outlook, |vm| controller.headroom_level(vm));
+            .rebound(&mut outlook, |vm| controller.headroom(vm));
         let forecast_done = std::time::Instant::now();
         // How long the data waited for this plan (queued work, forecasting;
         // a monotonic clock, so a clock step is not a delay): devices are
@@ -555,6 +555,7 @@ impl Worker {
             forecast_done.elapsed().as_secs_f64()
         );
         let host = serde_json::to_value(controller.host()).unwrap_or_default();
+        let headroom = self.pipeline.headroom();
         let forecasts: Vec<api::ForecastEntry> = outlook
             .iter()
             .flat_map(|o| {
@@ -574,6 +575,7 @@ impl Worker {
             s.plan.host = host;
             s.plan.forecast_at = Some(t);
             s.plan.forecasts = forecasts;
+            s.plan.headroom = headroom;
         }
     }
 }

@@ -243,10 +243,11 @@ impl Controller {
         self.attached_since.retain(|k, _| seen.contains(k));
     }
 
-    /// The quantile level the upper bounds of `vm`'s forecasts are taken at:
-    /// its class's headroom.
-    pub fn headroom_level(&self, vm: &str) -> f64 {
-        self.policy.class_of(vm).class.headroom.level()
+    /// The class of `vm` and its headroom: how far above the forecasts the
+    /// upper bounds of its forecasts are taken.
+    pub fn headroom(&self, vm: &str) -> (&str, crate::policy::Headroom) {
+        let c = self.policy.class_of(vm);
+        (c.name, c.class.headroom)
     }
 
     /// Level series the forecasts should learn onsets of, besides the

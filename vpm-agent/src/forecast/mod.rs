@@ -31,6 +31,7 @@
 //! Horizons are given in seconds and rounded *up* to a whole number of steps
 //! (at least one step); forecasts report the rounded horizon.
 
+pub mod adaptive;
 pub mod backtest;
 pub mod baselines;
 pub mod conformal;
@@ -43,7 +44,7 @@ pub mod onset;
 pub mod periodic;
 pub mod select;
 #[cfg(test)]
-mod synth;
+pub(crate) mod synth;
 
 pub use eval::{EvalOptions, HorizonEval, ModelEval, Role, SeriesEval, evaluate};
 pub use forecaster::{Forecast, ForecasterConfig, SelectionBudget, SeriesForecaster};

@@ -10,8 +10,8 @@ pub enum Headroom {
     /// Provision to this quantile of the forecast distribution, in `(0, 1)`.
     Quantile(f64),
     /// Provision so that about this share of outcomes exceeds the provision
-    /// (a target under-provision rate, in `(0, 1)`; the adaptive headroom
-    /// controller in `forecast::headroom` holds it).
+    /// (a target under-provision rate, in `(0, 1)`; the class's adaptive
+    /// headroom, `forecast::adaptive`, holds it in the agent's plans).
     UnderProvision(f64),
 }
 
@@ -22,6 +22,20 @@ impl Headroom {
         match self {
             Headroom::Quantile(q) => q,
             Headroom::UnderProvision(r) => 1.0 - r,
+        }
+    }
+}
+
+impl std::fmt::Display for Headroom {
+    /// `quantile 0.95`, or `adaptive quantile for 5 % above` (for reasons).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Headroom::Quantile(q) => write!(f, "quantile {q}"),
+            Headroom::UnderProvision(r) => {
+                // (Rounded: 100 × 0.2 is 20.000000000000004.)
+                let pct = (100.0 * r * 1e6).round() / 1e6;
+                write!(f, "adaptive quantile for {pct} % above")
+            }
         }
     }
 }
@@ -206,6 +220,9 @@ mod tests {
         let c = raw("quantile = 0.99\n").validate("g").unwrap();
         assert_eq!(c.headroom, Headroom::Quantile(0.99));
         let c = raw("under_provision = 0.05\n").validate("b").unwrap();
+        assert_eq!(c.headroom.to_string(), "adaptive quantile for 5 % above");
+        let q = raw("under_provision = 0.2\n").validate("b").unwrap();
+        assert_eq!(q.headroom.to_string(), "adaptive quantile for 20 % above");
         assert!((c.headroom.level() - 0.95).abs() < 1e-12);
         let c = raw("").validate("d").unwrap();
         assert_eq!(c.headroom.level(), 0.95);

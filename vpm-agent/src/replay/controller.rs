@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::ReplayError;
 use super::metrics::{MissCause, OnsetOutcome};
 use crate::executor::Action;
+use crate::forecast::adaptive::{AdaptiveHeadroom, ClassHeadroom};
 use crate::forecast::onset::{OnsetConfig, OnsetModel};
 use crate::forecast::{ForecasterConfig, SelectionBudget, SeriesForecaster};
 use crate::hal::Bdf;
@@ -288,6 +289,8 @@ pub struct Vpm {
     forecasters: BTreeMap<String, SeriesForecaster>,
     onsets: BTreeMap<String, OnsetModel>,
     onset_cfg: OnsetConfig,
+    /// The headroom of classes with a target under-provision rate.
+    headroom: AdaptiveHeadroom<String>,
     last: Option<LastPlan>,
     plans: u64,
     deferred: u64,
@@ -318,6 +321,7 @@ impl Vpm {
             forecasters: BTreeMap::new(),
             onsets: BTreeMap::new(),
             onset_cfg: OnsetConfig::default(),
+            headroom: AdaptiveHeadroom::new(),
             last: None,
             plans: 0,
             deferred: 0,
@@ -345,6 +349,12 @@ impl Vpm {
     /// Plans made, and deferred entries over them (for reports).
     pub fn counts(&self) -> (u64, u64) {
         (self.plans, self.deferred)
+    }
+
+    /// The adaptive headroom of the classes with a target under-provision
+    /// rate, as the agent's `vpm plan` shows it.
+    pub fn headroom(&self) -> Vec<ClassHeadroom> {
+        self.headroom.report()
     }
 
     /// The resource name the forecasters forecast (`vfs:<pf>`).
@@ -384,6 +394,8 @@ impl Controller for Vpm {
                 source,
             };
             f.observe(&[f64::from(*n)]).map_err(err)?;
+            // The outcome of the forecasts made for now.
+            self.headroom.resolve(vm, now, f64::from(*n));
             let fc = f
                 .forecast_with_budget(now, &self.horizons_s, &mut budget)
                 .map_err(err)?;
@@ -396,14 +408,14 @@ impl Controller for Vpm {
             };
             // The point covers the step that ends now.
             onsets.observe(now - self.step_s, *n).map_err(err)?;
-            let level = self.policy.class_of(vm).class.headroom.level();
+            let class = self.policy.class_of(vm);
             let points: Vec<Point> = fc
                 .iter()
                 .map(|p| {
-                    let upper = f
-                        .bounds_at(p.horizon_s, &[level])
-                        .and_then(|b| b.first().copied())
-                        .unwrap_or(p.upper);
+                    let (level, bound) =
+                        self.headroom
+                            .bound(f, vm, class.name, class.class.headroom, p);
+                    let upper = bound.unwrap_or(p.upper);
                     let (upper, rise) = onsets.raise(
                         now,
                         p.horizon_s,
@@ -729,5 +741,21 @@ mod tests {
         }
         assert_eq!(v.counts().0, 31);
         assert_eq!(v.resource(), "vfs:0000:01:00.0");
+        // "a" is best-effort, whose sample class sets under_provision = 0.20:
+        // its forecasts were scored as their targets came (by the tick at
+        // 300 s: the 60 s forecasts of the ticks 0 … 240 s, the 300 s one of
+        // the tick at 0 s).
+        let r = v.headroom();
+        let got: Vec<(&str, f64, f64, u64)> = r
+            .iter()
+            .map(|c| (c.class.as_str(), c.horizon_s, c.target, c.stats.outcomes))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("best-effort", 60.0, 0.2, 25),
+                ("best-effort", 300.0, 0.2, 1)
+            ]
+        );
     }
 }

@@ -59,11 +59,11 @@ pub(crate) fn recommend(ctx: &Ctx<'_>) -> Vec<Recommendation> {
                 ));
             }
             let reason = format!(
-                "{} within {}; limits at the upper bound of class {} (quantile {})",
+                "{} within {}; limits at the upper bound of class {} ({})",
                 parts.join("; "),
                 secs(horizon),
                 class.name,
-                num(class.class.headroom.level())
+                class.class.headroom
             );
             Some(Recommendation {
                 vm: vm.to_owned(),
