@@ -64,7 +64,9 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
     let pf = PF.parse().unwrap();
     sys.set_sriov_numvfs(pf, 0, Duration::from_secs(60))
         .unwrap();
-    sys.set_sriov_drivers_autoprobe(pf, false).unwrap();
+    // The kernel's default: new VFs get the host driver. vpm turns it off
+    // before it creates VFs (checked after the run).
+    sys.set_sriov_drivers_autoprobe(pf, true).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -142,6 +144,10 @@ fn vpm_run_apply_acts_ahead_of_a_scheduled_vfio_user() {
     assert!(
         status.success(),
         "the VFIO user failed; agent log:\n{agent_log}"
+    );
+    assert!(
+        !sys.sriov_drivers_autoprobe(pf).unwrap(),
+        "vpm left the PF's VF autoprobe on"
     );
 
     // Keep the agent's exports, the user's log and the journal for a post-mortem

@@ -105,7 +105,7 @@ pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
     match *action {
         Action::SetVfs { pf, count } => {
             let current = f.sriov.as_ref().map_or(0, |s| s.num_vfs);
-            if current == count {
+            let mut out = if current == count {
                 vec![Step::planned(format!(
                     "{pf}: sriov_numvfs is already {count}: nothing to do"
                 ))]
@@ -120,7 +120,20 @@ pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
                 vec![Step::planned(format!(
                     "{pf}: write {count} to sriov_numvfs (now {current})"
                 ))]
+            };
+            if count != current
+                && count > 0
+                && f.sriov.as_ref().is_some_and(|s| s.drivers_autoprobe)
+            {
+                out.insert(
+                    0,
+                    Step::planned(format!(
+                        "{pf}: write 0 to sriov_drivers_autoprobe (new VFs stay off host \
+                         drivers, for VMs through vfio-pci)"
+                    )),
+                );
             }
+            out
         }
         Action::Park { bdf } => {
             let mut out = Vec::new();
@@ -156,6 +169,17 @@ pub fn apply(
     match *action {
         Action::SetVfs { pf, count } => {
             let started = Instant::now();
+            let current = facts.function.sriov.as_ref().map_or(0, |s| s.num_vfs);
+            if count != current
+                && count > 0
+                && facts
+                    .function
+                    .sriov
+                    .as_ref()
+                    .is_some_and(|s| s.drivers_autoprobe)
+            {
+                sys.set_sriov_autoprobe(pf, false)?;
+            }
             let change = sys.set_sriov_numvfs(pf, count, opts.write_timeout)?;
             let what = planned
                 .iter()
@@ -198,7 +222,8 @@ fn timed(what: String, started: Instant) -> Step {
     }
 }
 
-/// Polls `power_state` until it reads `expected`.
+/// Polls `power_state` until it reads `expected`; D3hot is reached by D3cold
+/// too (runtime suspend picks D3cold where the platform can cut the power).
 pub fn wait_for(
     sys: &dyn PciBackend,
     bdf: crate::hal::Bdf,
@@ -208,7 +233,12 @@ pub fn wait_for(
     let started = Instant::now();
     loop {
         let seen = sys.power_state(bdf)?;
-        if seen.as_ref() == Some(&expected) {
+        let reached = match (&expected, seen.as_ref()) {
+            (PowerState::D3Hot, Some(s)) => s.is_d3(),
+            (e, Some(s)) => s == e,
+            (_, None) => false,
+        };
+        if reached {
             return Ok(started.elapsed());
         }
         if started.elapsed() >= timeout {

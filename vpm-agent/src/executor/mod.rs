@@ -402,6 +402,9 @@ mod tests {
         ) -> crate::hal::Result<crate::hal::NumVfsChange> {
             self.sim.set_sriov_numvfs(pf, n, timeout)
         }
+        fn set_sriov_autoprobe(&self, pf: Bdf, on: bool) -> crate::hal::Result<()> {
+            self.sim.set_sriov_autoprobe(pf, on)
+        }
         fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> crate::hal::Result<()> {
             self.sim.bind_driver(bdf, driver, timeout)
         }
@@ -413,6 +416,57 @@ mod tests {
         ) -> crate::hal::Result<()> {
             self.sim.set_power_control(bdf, control, timeout)
         }
+    }
+
+    #[test]
+    fn vfs_are_created_off_host_drivers() {
+        // The kernel binds new VFs to the host driver by default (an NVMe
+        // namespace, a NIC interface up would then block parks): vpm turns
+        // the PF's autoprobe off first, and says so in the plan's steps.
+        let (sim, policy, opts, pf) = setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let report = run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 2 }).unwrap();
+        assert!(
+            report.steps[0].what.contains("sriov_drivers_autoprobe"),
+            "{:?}",
+            report.steps
+        );
+        assert_eq!(
+            sim.writes(),
+            vec![
+                "0000:01:00.0 sriov_drivers_autoprobe=0".to_owned(),
+                "0000:01:00.0 sriov_numvfs=2".to_owned()
+            ]
+        );
+        let vf = sim.function(bdf("0000:01:00.1")).unwrap();
+        assert_eq!(vf.driver, None);
+        // Off already: not written again.
+        run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 0 }).unwrap();
+        run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 1 }).unwrap();
+        let autoprobe_writes = sim
+            .writes()
+            .iter()
+            .filter(|w| w.contains("autoprobe"))
+            .count();
+        assert_eq!(autoprobe_writes, 1);
+    }
+
+    #[test]
+    fn a_park_that_reaches_d3cold_is_done() {
+        // Runtime suspend picks D3cold where the platform can cut the power:
+        // deeper than D3hot, still parked.
+        let (sim, policy, opts, pf) = setup();
+        sim.set_sriov_numvfs(pf, 1, Duration::from_secs(1)).unwrap();
+        sim.suspend_to_d3cold(true);
+        let vf = bdf("0000:01:00.1");
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
+        assert_eq!(
+            sim.power_state(vf).unwrap(),
+            Some(crate::hal::PowerState::D3Cold)
+        );
     }
 
     #[test]

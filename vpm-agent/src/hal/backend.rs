@@ -73,6 +73,9 @@ pub trait PciBackend {
     fn host_use(&self, bdf: Bdf) -> Result<Vec<HostUse>>;
     /// Sets a PF's VF count (0 first when resizing), read back.
     fn set_sriov_numvfs(&self, pf: Bdf, n: u32, timeout: Duration) -> Result<NumVfsChange>;
+    /// Sets a PF's `sriov_drivers_autoprobe` (whether VFs created later get
+    /// a host driver bound), read back.
+    fn set_sriov_autoprobe(&self, pf: Bdf, on: bool) -> Result<()>;
     /// Binds the function to `driver` (override, unbind, probe), read back.
     fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()>;
     /// Writes `power/control`, read back.
@@ -147,11 +150,15 @@ impl PciBackend for Roots {
     }
 
     fn host_use(&self, bdf: Bdf) -> Result<Vec<HostUse>> {
-        super::host_use::host_use(&self.sys.device_dir(bdf), &self.proc)
+        super::host_use::host_use(self.sys.root(), &self.sys.device_dir(bdf), &self.proc)
     }
 
     fn set_sriov_numvfs(&self, pf: Bdf, n: u32, timeout: Duration) -> Result<NumVfsChange> {
         self.sys.set_sriov_numvfs(pf, n, timeout)
+    }
+
+    fn set_sriov_autoprobe(&self, pf: Bdf, on: bool) -> Result<()> {
+        self.sys.set_sriov_drivers_autoprobe(pf, on)
     }
 
     fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()> {
@@ -189,6 +196,9 @@ impl<T: PciBackend + ?Sized> PciBackend for std::sync::Arc<T> {
     }
     fn set_sriov_numvfs(&self, pf: Bdf, n: u32, timeout: Duration) -> Result<NumVfsChange> {
         (**self).set_sriov_numvfs(pf, n, timeout)
+    }
+    fn set_sriov_autoprobe(&self, pf: Bdf, on: bool) -> Result<()> {
+        (**self).set_sriov_autoprobe(pf, on)
     }
     fn bind_driver(&self, bdf: Bdf, driver: &str, timeout: Duration) -> Result<()> {
         (**self).bind_driver(bdf, driver, timeout)

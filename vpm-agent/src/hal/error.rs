@@ -104,7 +104,9 @@ fn hint(op: &str, path: &Path, errno: &Errno) -> &'static str {
         }
         ("write", "sriov_numvfs", Errno::NoEnt) => {
             ": the PF has no driver bound, or its driver cannot configure SR-IOV \
-             (no sriov_configure); bind a driver that can"
+             (no sriov_configure); bind a driver that can. A PF bound to vfio-pci \
+             needs the module loaded with enable_sriov=1 \
+             (`modprobe vfio-pci enable_sriov=1`)"
         }
         ("write", "sriov_numvfs", Errno::Inval) => ": value not accepted; write a decimal count",
         ("write", "control", Errno::Inval) => ": value not accepted; write `on` or `auto`",

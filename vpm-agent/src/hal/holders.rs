@@ -29,7 +29,8 @@ pub struct Holder {
 
 /// Processes under `proc_root` (usually `/proc`) holding VFIO group `group`
 /// open, where device nodes live under `dev_root` (usually `/dev`): an fd
-/// links to `DEV/vfio/<group>`. Sorted by pid, each process once.
+/// links to `DEV/vfio/<group>` (`DEV/vfio/noiommu-<group>` in VFIO's
+/// no-IOMMU mode). Sorted by pid, each process once.
 ///
 /// Processes that exit or deny access during the scan are skipped; only
 /// failing to list `proc_root` is an error. Kernels with iommufd let a VMM
@@ -50,7 +51,12 @@ pub fn vfio_holders_with_cdevs(
     group: u32,
     cdevs: &[String],
 ) -> Result<Vec<Holder>> {
-    let mut targets = vec![dev_root.join("vfio").join(group.to_string())];
+    // No-IOMMU mode (`enable_unsafe_noiommu_mode`, as DPDK uses on VFs)
+    // names the group's node `noiommu-<group>`.
+    let mut targets = vec![
+        dev_root.join("vfio").join(group.to_string()),
+        dev_root.join("vfio").join(format!("noiommu-{group}")),
+    ];
     for name in cdevs {
         if !is_vfio_cdev_name(name) {
             return Err(HalError::InvalidName {
@@ -184,6 +190,15 @@ mod tests {
                 ..
             }
         ));
+        // VFIO's no-IOMMU mode: the group's node is noiommu-<group>.
+        proc_entry(
+            &proc_root,
+            800,
+            "dpdk-testpmd",
+            &[&dev.join("vfio/noiommu-14")],
+        );
+        let got = vfio_holders(&proc_root, &dev, 14).unwrap();
+        assert_eq!(got.iter().map(|h| h.pid).collect::<Vec<_>>(), [800]);
         let e = vfio_holders(&tmp.path().join("noproc"), &dev, 12).unwrap_err();
         assert!(matches!(e, HalError::Io { op: "list", .. }));
     }

@@ -1,20 +1,28 @@
 //! Host uses of a PCI function that vpm must not disturb: its block devices
 //! that are mounted, used as swap or stacked under another block device
 //! (LVM, md, dm-crypt: their `holders/`), and its network interfaces that
-//! are up, found under the function's sysfs directory, in
-//! `PROC/self/mountinfo` and in `PROC/swaps`.
+//! are up, found under the function's sysfs directory and `SYS/class/block`,
+//! in `PROC/self/mountinfo` and in `PROC/swaps`.
+//!
+//! A function's block devices are those whose sysfs directory lies below
+//! the function's (`…/virtio1/block/vda`, `…/nvme/nvme0/nvme0n1`, with their
+//! partitions), and NVMe multipath heads (`SYS/class/block/nvme0n1` under
+//! `/sys/devices/virtual/nvme-subsystem/…`) with a path below it in their
+//! `multipath/`. A mount matches by device number, or by its source
+//! `/dev/<name>` (btrfs shows an anonymous device number).
 
 use std::path::{Path, PathBuf};
 
 use super::backend::HostUse;
 use super::{HalError, Result};
 
-/// Mounted block devices and up interfaces found under the device's sysfs
-/// directory (`…/virtio1/block/vda`, `…/nvme/nvme0/nvme0n1`, `…/net/eth0`).
-pub fn host_use(device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
+/// The host uses of the function whose sysfs directory is `device_dir`
+/// (sysfs mounted at `sys_root`, procfs at `proc_root`); see the module docs.
+pub fn host_use(sys_root: &Path, device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
     let mut blocks = Vec::new();
     let mut nets = Vec::new();
     walk(device_dir, 0, &mut blocks, &mut nets);
+    class_blocks(&sys_root.join("class/block"), device_dir, &mut blocks);
     let mut uses = Vec::new();
     if !blocks.is_empty() {
         let path = proc_root.join("self/mountinfo");
@@ -23,7 +31,7 @@ pub fn host_use(device_dir: &Path, proc_root: &Path) -> Result<Vec<HostUse>> {
         // No swap file list (no swap support): no swap.
         let swaps = std::fs::read_to_string(proc_root.join("swaps")).unwrap_or_default();
         for (name, devno, dir) in &blocks {
-            for mountpoint in mounts_of(&mountinfo, devno) {
+            for mountpoint in mounts_of(&mountinfo, devno, name) {
                 uses.push(HostUse::Mounted {
                     block: name.clone(),
                     mountpoint,
@@ -99,6 +107,37 @@ fn walk(
     }
 }
 
+/// Adds the block devices of `class_dir` (`SYS/class/block`) whose device
+/// lies below `device_dir`, or that are NVMe multipath heads with a path
+/// below it, unless `blocks` has them already.
+fn class_blocks(class_dir: &Path, device_dir: &Path, blocks: &mut Vec<(String, String, PathBuf)>) {
+    let Ok(device) = std::fs::canonicalize(device_dir) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(class_dir) else {
+        return;
+    };
+    let below = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(&device));
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let mine = below(&path)
+            || std::fs::read_dir(path.join("multipath"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|m| below(&m.path()));
+        if mine && !blocks.iter().any(|(n, _, _)| *n == name) {
+            found.push((name, path));
+        }
+    }
+    found.sort();
+    for (name, path) in found {
+        push_block(&path, &name, blocks);
+    }
+}
+
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -141,15 +180,22 @@ pub fn swaps_on(swaps: &str, name: &str) -> bool {
         .any(|f| f == dev)
 }
 
-/// Mount points in `mountinfo` (proc(5) format) whose device is `devno` (`major:minor`).
-pub fn mounts_of(mountinfo: &str, devno: &str) -> Vec<String> {
+/// Mount points in `mountinfo` (proc(5) format) of the block device `name`:
+/// its device number is `devno` (`major:minor`), or its source is
+/// `/dev/<name>` (btrfs mounts show an anonymous device number).
+pub fn mounts_of(mountinfo: &str, devno: &str, name: &str) -> Vec<String> {
+    let source = format!("/dev/{name}");
     mountinfo
         .lines()
         .filter_map(|line| {
             let mut fields = line.split(' ');
             let dev = fields.nth(2)?;
             let mountpoint = fields.nth(1)?;
-            (dev == devno).then(|| unescape_octal(mountpoint))
+            // After the optional fields: "- fstype source superopts".
+            let mut tail = line.split(" - ").nth(1)?.split(' ');
+            let from = tail.nth(1).map(unescape_octal);
+            (dev == devno || from.as_deref() == Some(source.as_str()))
+                .then(|| unescape_octal(mountpoint))
         })
         .collect()
 }
@@ -188,10 +234,79 @@ mod tests {
 ";
 
     #[test]
-    fn mounts_match_by_device_number() {
-        assert_eq!(mounts_of(MOUNTINFO, "254:0"), vec!["/mnt/data"]);
-        assert_eq!(mounts_of(MOUNTINFO, "254:1"), vec!["/mnt/my disk"]);
-        assert!(mounts_of(MOUNTINFO, "8:0").is_empty());
+    fn mounts_match_by_device_number_or_source() {
+        assert_eq!(mounts_of(MOUNTINFO, "254:0", "vda"), vec!["/mnt/data"]);
+        assert_eq!(mounts_of(MOUNTINFO, "254:1", "vda1"), vec!["/mnt/my disk"]);
+        assert!(mounts_of(MOUNTINFO, "8:0", "sda").is_empty());
+        // btrfs: an anonymous device number, the real device as the source.
+        let btrfs = "40 22 0:40 / /srv rw shared:1 - btrfs /dev/nvme0n1p1 rw,ssd\n";
+        assert_eq!(mounts_of(btrfs, "259:1", "nvme0n1p1"), vec!["/srv"]);
+        assert!(mounts_of(btrfs, "259:1", "nvme0n1").is_empty());
+    }
+
+    #[test]
+    fn nvme_namespaces_and_multipath_heads_are_the_functions() {
+        // The kernel's NVMe layout: namespaces right under the controller
+        // (no `block/` directory), listed in class/block; with native
+        // multipath the visible head lives under nvme-subsystem and names
+        // its path in `multipath/`.
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let devices = sys.join("devices/pci0000:00");
+        let pf = devices.join("0000:01:00.0");
+        let other = devices.join("0000:02:00.0");
+        let ns = pf.join("nvme/nvme0/nvme0n1");
+        std::fs::create_dir_all(ns.join("nvme0n1p1")).unwrap();
+        std::fs::write(ns.join("dev"), "259:0\n").unwrap();
+        std::fs::write(ns.join("nvme0n1p1/dev"), "259:1\n").unwrap();
+        let path = pf.join("nvme/nvme0/nvme1c0n1");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("dev"), "259:2\n").unwrap();
+        let head = sys.join("devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1");
+        std::fs::create_dir_all(head.join("multipath")).unwrap();
+        std::fs::write(head.join("dev"), "259:3\n").unwrap();
+        std::os::unix::fs::symlink(&path, head.join("multipath/nvme1c0n1")).unwrap();
+        let elsewhere = other.join("nvme/nvme2/nvme2n1");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("dev"), "259:4\n").unwrap();
+        let class = sys.join("class/block");
+        std::fs::create_dir_all(&class).unwrap();
+        for (name, target) in [
+            ("nvme0n1", ns.clone()),
+            ("nvme0n1p1", ns.join("nvme0n1p1")),
+            ("nvme1c0n1", path.clone()),
+            ("nvme1n1", head.clone()),
+            ("nvme2n1", elsewhere.clone()),
+        ] {
+            std::os::unix::fs::symlink(&target, class.join(name)).unwrap();
+        }
+        let bus = sys.join("bus/pci/devices");
+        std::fs::create_dir_all(&bus).unwrap();
+        std::os::unix::fs::symlink(&pf, bus.join("0000:01:00.0")).unwrap();
+        let proc = dir.path().join("proc");
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        std::fs::write(
+            proc.join("self/mountinfo"),
+            "22 1 0:21 / / rw - rootfs rootfs rw\n\
+             40 22 259:1 / /srv/data rw - ext4 /dev/nvme0n1p1 rw\n\
+             41 22 259:3 / /srv/mp rw - xfs /dev/nvme1n1 rw\n\
+             42 22 259:4 / /srv/other rw - xfs /dev/nvme2n1 rw\n",
+        )
+        .unwrap();
+        let uses = host_use(&sys, &bus.join("0000:01:00.0"), &proc).unwrap();
+        assert_eq!(
+            uses,
+            vec![
+                HostUse::Mounted {
+                    block: "nvme0n1p1".into(),
+                    mountpoint: "/srv/data".into()
+                },
+                HostUse::Mounted {
+                    block: "nvme1n1".into(),
+                    mountpoint: "/srv/mp".into()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -212,7 +327,7 @@ mod tests {
         std::fs::create_dir_all(proc.join("self")).unwrap();
         std::fs::write(proc.join("self/mountinfo"), MOUNTINFO).unwrap();
 
-        let uses = host_use(&dev, &proc).unwrap();
+        let uses = host_use(&dir.path().join("sys"), &dev, &proc).unwrap();
         assert_eq!(
             uses,
             vec![
@@ -242,7 +357,7 @@ mod tests {
             "Filename\tType\tSize\tUsed\tPriority\n/dev/vdb1  partition\t1048572\t0\t-2\n",
         )
         .unwrap();
-        let uses = host_use(&dev.join("virtio4"), &proc).unwrap();
+        let uses = host_use(&dir.path().join("sys"), &dev.join("virtio4"), &proc).unwrap();
         assert_eq!(
             uses,
             vec![

@@ -6,8 +6,8 @@
 //! - `sriov_numvfs`: more than `sriov_totalvfs` is ERANGE; the same value is a
 //!   no-op; non-zero to another non-zero is EBUSY (so a resize writes 0 then N);
 //!   a PF without a driver is ENOENT. VFs appear at `offset + i * stride` with
-//!   `physfn`/`virtfn` links, each in its own IOMMU group, unbound when
-//!   `sriov_drivers_autoprobe` is off. Removing a VF open through VFIO blocks
+//!   `physfn`/`virtfn` links, each in its own IOMMU group, bound to the host
+//!   driver unless `sriov_drivers_autoprobe` is off (on by default). Removing a VF open through VFIO blocks
 //!   (vfio-pci's release waits for the user), which the simulation reports as a
 //!   timeout.
 //! - Runtime PM: a function bound to vfio-pci with `power/control=auto` and no
@@ -83,6 +83,8 @@ struct State {
     faults: VecDeque<(SimOp, Option<Bdf>, SimFault)>,
     writes: Vec<String>,
     next_group: u32,
+    /// Runtime suspend goes to D3cold (a platform that can cut the power).
+    d3cold: bool,
 }
 
 /// The simulated PCI system.
@@ -126,7 +128,7 @@ impl SimPci {
     }
 
     /// Adds an SR-IOV PF (QEMU's NVMe ids) with `total_vfs`, bound to `driver`,
-    /// VF autoprobe off.
+    /// VF autoprobe on (the kernel's default: new VFs get the host driver).
     pub fn add_pf(&self, bdf: Bdf, total_vfs: u32, driver: Option<&str>) {
         let mut s = self.lock();
         let group = s.next_group;
@@ -143,7 +145,7 @@ impl SimPci {
                 sriov: Some(SimSriov {
                     total: total_vfs,
                     num: 0,
-                    autoprobe: false,
+                    autoprobe: true,
                     vf_device: 0x0010,
                     offset: 1,
                     stride: 1,
@@ -153,6 +155,12 @@ impl SimPci {
                 control: PowerControl::On,
             },
         );
+    }
+
+    /// Runtime suspend goes to D3cold instead of D3hot, as on platforms with
+    /// ACPI power resources.
+    pub fn suspend_to_d3cold(&self, on: bool) {
+        self.lock().d3cold = on;
     }
 
     /// Marks a host use of `bdf` (a mounted disk, an interface up).
@@ -223,7 +231,11 @@ impl SimPci {
     fn power_of(s: &State, bdf: Bdf, f: &SimFunction) -> PowerState {
         let held = s.holders.get(&bdf).is_some_and(|h| !h.is_empty());
         if f.driver.as_deref() == Some("vfio-pci") && f.control == PowerControl::Auto && !held {
-            PowerState::D3Hot
+            if s.d3cold {
+                PowerState::D3Cold
+            } else {
+                PowerState::D3Hot
+            }
         } else {
             PowerState::D0
         }
@@ -388,6 +400,16 @@ impl PciBackend for SimPci {
 
     fn host_use(&self, bdf: Bdf) -> Result<Vec<HostUse>> {
         Ok(self.lock().host_use.get(&bdf).cloned().unwrap_or_default())
+    }
+
+    fn set_sriov_autoprobe(&self, pf: Bdf, on: bool) -> Result<()> {
+        let mut s = self.lock();
+        let f = s.functions.get_mut(&pf).ok_or_else(|| gone(pf))?;
+        let sr = f.sriov.as_mut().ok_or(HalError::NotSriov { bdf: pf })?;
+        sr.autoprobe = on;
+        s.writes
+            .push(format!("{pf} sriov_drivers_autoprobe={}", u8::from(on)));
+        Ok(())
     }
 
     fn set_sriov_numvfs(&self, pf: Bdf, n: u32, timeout: Duration) -> Result<NumVfsChange> {

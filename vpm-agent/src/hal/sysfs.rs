@@ -350,11 +350,19 @@ impl Sysfs {
     }
 
     /// Whether an IOMMU is active: `ROOT/class/iommu` has an entry, or
-    /// `ROOT/kernel/iommu_groups` is not empty. Unreadable directories count
-    /// as empty.
+    /// `ROOT/kernel/iommu_groups` has a group that is not VFIO's no-IOMMU
+    /// stand-in (named `vfio-noiommu`: `enable_unsafe_noiommu_mode` makes
+    /// groups without an IOMMU). Unreadable directories count as empty.
     pub fn iommu_enabled(&self) -> bool {
-        has_entries(&self.root().join("class/iommu"))
-            || has_entries(&self.root().join("kernel/iommu_groups"))
+        if has_entries(&self.root().join("class/iommu")) {
+            return true;
+        }
+        let Ok(groups) = fs::read_dir(self.root().join("kernel/iommu_groups")) else {
+            return false;
+        };
+        groups.flatten().any(|g| {
+            fs::read_to_string(g.path().join("name")).map_or(true, |n| n.trim() != "vfio-noiommu")
+        })
     }
 
     /// The VFIO device cdevs of a function bound to vfio-pci on kernels with
@@ -636,6 +644,15 @@ mod tests {
         );
         let t = Tree::new();
         std::fs::create_dir_all(t.dir.path().join("class/iommu/dmar0")).unwrap();
+        assert!(t.sysfs.iommu_enabled());
+        // VFIO's no-IOMMU mode makes groups of its own: no IOMMU for them.
+        let t = Tree::new();
+        let c = t.add("0000:01:00.2");
+        t.iommu_group(c, 0);
+        let name = t.dir.path().join("kernel/iommu_groups/0/name");
+        std::fs::write(&name, "vfio-noiommu\n").unwrap();
+        assert!(!t.sysfs.iommu_enabled());
+        std::fs::write(&name, "other\n").unwrap();
         assert!(t.sysfs.iommu_enabled());
     }
 
