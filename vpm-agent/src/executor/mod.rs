@@ -426,7 +426,14 @@ mod tests {
         let (sim, policy, opts, pf) = setup();
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        let report = run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 2 }).unwrap();
+        let report = run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 2 },
+        )
+        .unwrap();
         assert!(
             report.steps[0].what.contains("sriov_drivers_autoprobe"),
             "{:?}",
@@ -442,8 +449,22 @@ mod tests {
         let vf = sim.function(bdf("0000:01:00.1")).unwrap();
         assert_eq!(vf.driver, None);
         // Off already: not written again.
-        run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 0 }).unwrap();
-        run(&sim, &policy, &opts, &mut j, Action::SetVfs { pf, count: 1 }).unwrap();
+        run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 0 },
+        )
+        .unwrap();
+        run(
+            &sim,
+            &policy,
+            &opts,
+            &mut j,
+            Action::SetVfs { pf, count: 1 },
+        )
+        .unwrap();
         let autoprobe_writes = sim
             .writes()
             .iter()

@@ -60,7 +60,8 @@ pub struct QosClass {
     /// the VM's command line do not count).
     pub max_attached: u32,
     /// Whether vpm may take a hot-plugged VF back from a VM of this class
-    /// (hot-unplug). `false` for `guaranteed`: what it was given it keeps.
+    /// (hot-unplug). Always `false` for the class named `guaranteed`
+    /// ([`GUARANTEED`]): what it was given it keeps.
     pub detach: bool,
     /// Whether this class's predicted demand may cut a dwell short (wake a
     /// device parked less than `[dwell] parked_s` ago, regrow a VF pool
@@ -89,6 +90,9 @@ impl QosClass {
         self.max_vfs.map_or(d, |m| d.min(m))
     }
 }
+
+/// The class vpm never takes a hot-plugged VF back from.
+pub const GUARANTEED: &str = "guaranteed";
 
 /// A VM's class with its name.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,18 +143,14 @@ pub(crate) struct RawClass {
     hotplug: bool,
     #[serde(default = "default_max_attached")]
     max_attached: u32,
-    #[serde(default = "default_true")]
-    detach: bool,
+    #[serde(default)]
+    detach: Option<bool>,
     #[serde(default)]
     preempt_dwell: bool,
 }
 
 fn default_max_attached() -> u32 {
     1
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_priority() -> u32 {
@@ -186,6 +186,18 @@ impl RawClass {
             (None, Some(r)) => Headroom::UnderProvision(r),
             (None, None) => Headroom::Quantile(0.95),
         };
+        // What a guaranteed VM was given, it keeps: whatever the file says.
+        let detach = match (name == GUARANTEED, self.detach) {
+            (true, Some(true)) => {
+                return Err(format!(
+                    "class \"{name}\": detach = true is not allowed: vpm never takes a \
+                     hot-plugged VF back from a guaranteed VM (remove the key, or name the \
+                     class otherwise)"
+                ));
+            }
+            (true, _) => false,
+            (false, d) => d.unwrap_or(true),
+        };
         if let Some(max) = self.max_vfs
             && self.min_vfs > max
         {
@@ -201,7 +213,7 @@ impl RawClass {
             max_vfs: self.max_vfs,
             hotplug: self.hotplug,
             max_attached: self.max_attached,
-            detach: self.detach,
+            detach,
             preempt_dwell: self.preempt_dwell,
         })
     }
@@ -243,6 +255,25 @@ mod tests {
             assert!(err.contains("class \"gold\""), "{err}");
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn a_guaranteed_class_never_gives_back() {
+        // Defined in a file (the built-in classes are then gone): no detach,
+        // whether the key is left out or set false; true is refused.
+        assert!(!raw("").validate("guaranteed").unwrap().detach);
+        assert!(
+            !raw("detach = false\n")
+                .validate("guaranteed")
+                .unwrap()
+                .detach
+        );
+        let err = raw("detach = true\n").validate("guaranteed").unwrap_err();
+        assert!(err.contains("detach = true is not allowed"), "{err}");
+        assert!(raw("").validate("gold").unwrap().detach);
+        assert!(!raw("detach = false\n").validate("gold").unwrap().detach);
+        let (_, builtin) = &builtin_classes()[0];
+        assert!(!builtin.detach);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! its monitor ([`VmState::hotplug`] is known) and the policy names the
 //! resource that drives it (`[hotplug] demand`). With `D` its forecast of
 //! that resource, a VM *wants* `vf_units(D.upper / per_vf)` VFs, at most
-//! `max_attached`:
+//! `max_attached` more than the VFs it has that vpm did not plug (its
+//! command line's serve its demand, but do not count against the cap):
 //!
 //! - **attach** when the want within the wake window exceeds what it has:
 //!   a free VF of an allowed PF, bound to vfio-pci (the attach wakes it
@@ -97,7 +98,15 @@ pub(crate) fn wanted(ctx: &Ctx<'_>, vm: &VmState, window: f64) -> Option<(u32, P
         .vm_forecasts(&vm.name)?
         .resource(resource)?
         .peak(window)?;
-    let units = vf_units(peak.upper / settings.per_vf).min(class.class.max_attached);
+    let not_vpms = vm
+        .hotplug
+        .as_ref()
+        .map_or(0, |h| h.attached.iter().filter(|a| !a.by_vpm).count());
+    let cap = class
+        .class
+        .max_attached
+        .saturating_add(u32::try_from(not_vpms).unwrap_or(u32::MAX));
+    let units = vf_units(peak.upper / settings.per_vf).min(cap);
     Some((units, peak))
 }
 
@@ -311,7 +320,10 @@ pub(crate) fn plan(
             vf.bdf,
         )
     });
-    let mut free = free.into_iter();
+    let parked_s = ctx.policy.dwell.parked_s;
+    // A bound VF asleep for less than [dwell] parked_s: the attach's wake
+    // would cut its dwell short.
+    let dwell_cut = |o: u8, vf: &DeviceState| o == 1 && !ctx.settled(vf.power_since, parked_s);
 
     for i in 0..claims.len() {
         let c = &claims[i];
@@ -324,9 +336,14 @@ pub(crate) fn plan(
                 predicted(c, near_w, c.near, c.want),
                 c.have
             );
-            if let Some((_, vf)) = free.by_ref().find(|(_, v)| !used.contains(&v.bdf)) {
+            let preempt = c.class.class.preempt_dwell;
+            let pick = free
+                .iter()
+                .find(|(o, v)| !used.contains(&v.bdf) && (preempt || !dwell_cut(*o, v)));
+            if let Some(&(o, vf)) = pick {
                 used.insert(vf.bdf);
                 let bound = vf.driver.as_deref() == Some(VFIO_DRIVER);
+                let cut = dwell_cut(o, vf);
                 out.push(Proposal {
                     action: if bound {
                         Action::Attach {
@@ -336,7 +353,15 @@ pub(crate) fn plan(
                     } else {
                         Action::Park { bdf: vf.bdf }
                     },
-                    reason: if bound {
+                    reason: if bound && cut {
+                        format!(
+                            "{why}: attach {} (woken first, parked less than {} ago: class {} \
+                             has preempt_dwell)",
+                            vf.bdf,
+                            secs(parked_s),
+                            c.class.name
+                        )
+                    } else if bound {
                         format!("{why}: attach {} (woken first)", vf.bdf)
                     } else {
                         format!(
@@ -348,7 +373,26 @@ pub(crate) fn plan(
                     priority: c.class.class.priority,
                     rank: Rank::Attach,
                     demand: c.near.upper,
-                    breaks_dwell: false,
+                    breaks_dwell: cut,
+                });
+                continue;
+            }
+            // Free VFs that only their park's dwell keeps: they wait, no VF
+            // is taken from another VM for them.
+            if let Some((_, vf)) = free.iter().find(|(_, v)| !used.contains(&v.bdf)) {
+                deferred.push(Deferred {
+                    action: Some(Action::Attach {
+                        vm: c.vm_ref(),
+                        vf: vf.bdf,
+                    }),
+                    reason: format!(
+                        "{why}: {} was parked less than {} ago ([dwell] parked_s); attached once \
+                         its dwell is over",
+                        vf.bdf,
+                        secs(parked_s)
+                    ),
+                    vm: Some(c.vm.name.clone()),
+                    priority: c.class.class.priority,
                 });
                 continue;
             }

@@ -407,9 +407,19 @@ fn check(host: &HostState, policy: &Policy, p: &Plan) -> Result<(), TestCaseErro
                 prop_assert!(state.is_some_and(|s| s.hotplug.is_some()), "{}", a.reason);
                 let class = policy.class_of(&vm.name).class;
                 prop_assert!(class.hotplug);
+                // The attach wakes an asleep VF: the wake's dwell holds.
+                if d.readiness() != Readiness::Awake {
+                    let settled = settled(d.power_since, policy.dwell.parked_s);
+                    prop_assert!(
+                        settled || (a.breaks_dwell && class.preempt_dwell),
+                        "{}",
+                        a.reason
+                    );
+                }
+                // VFs vpm did not plug do not count against max_attached.
                 let had = state
                     .and_then(|s| s.hotplug.as_ref())
-                    .map_or(0, |h| h.attached.len());
+                    .map_or(0, |h| h.attached.iter().filter(|x| x.by_vpm).count());
                 let adds = p
                     .actions
                     .iter()

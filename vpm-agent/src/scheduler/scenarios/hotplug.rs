@@ -178,6 +178,76 @@ fn an_unbound_vf_is_bound_first_and_max_attached_caps_the_want() {
 }
 
 #[test]
+fn an_attach_does_not_wake_a_vf_inside_its_parked_dwell() {
+    // The free VFs were parked 10 s ago (parked_s 60): lo-1 waits, and
+    // takes no VF from anyone; a class with preempt_dwell may cut it short.
+    let mut f = Forecasts::default();
+    cpu(&mut f, "lo-1", BUSY);
+    let host = hp_host(
+        vec![
+            dev(vf_bdf(1)).changed_ago(10.0),
+            dev(vf_bdf(2)).changed_ago(10.0),
+        ],
+        vec![vm("lo-1", 42, &[])],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy("[dwell]\nparked_s = 60\n"));
+    assert!(actions(&p).is_empty(), "{}", reasons(&p));
+    assert!(
+        p.deferred
+            .iter()
+            .any(|d| d.reason.contains("was parked less than 60 s ago")),
+        "{:?}",
+        p.deferred
+    );
+    let mut preempting = hp_policy("[dwell]\nparked_s = 60\n");
+    if let Some(c) = preempting.classes.get_mut("lo") {
+        c.preempt_dwell = true;
+    }
+    let p = plan(NOW, &host, &f, &preempting);
+    assert_eq!(
+        actions(&p),
+        vec![Action::Attach {
+            vm: r("lo-1", 42),
+            vf: vf_bdf(1)
+        }]
+    );
+    assert!(p.actions[0].breaks_dwell);
+    assert!(
+        p.actions[0].reason.contains("preempt_dwell"),
+        "{}",
+        reasons(&p)
+    );
+}
+
+#[test]
+fn vfs_on_the_command_line_do_not_count_against_max_attached() {
+    // web-1 (max_attached 1) has a VF from its command line and wants 2:
+    // vpm may still plug one; a second would pass the cap.
+    let mut f = Forecasts::default();
+    cpu(&mut f, "web-1", &[(60.0, 1.5, 2.0)]);
+    let mut own = dev(vf_bdf(3));
+    own.user = DeviceUse::Vm("web-1".into());
+    let host = hp_host(
+        vec![dev(vf_bdf(1)), dev(vf_bdf(2)), own],
+        vec![vm("web-1", 42, &[(vf_bdf(3), false, 600.0)])],
+    );
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(
+        actions(&p),
+        vec![Action::Attach {
+            vm: r("web-1", 42),
+            vf: vf_bdf(1)
+        }],
+        "{}",
+        reasons(&p)
+    );
+    // Wanting 3: still one, the cap.
+    cpu(&mut f, "web-1", &[(60.0, 2.5, 3.0)]);
+    let p = plan(NOW, &host, &f, &hp_policy(""));
+    assert_eq!(actions(&p).len(), 1, "{}", reasons(&p));
+}
+
+#[test]
 fn a_vf_is_given_back_only_after_attached_s_and_only_if_vpm_plugged_it() {
     let mut f = Forecasts::default();
     cpu(&mut f, "lo-1", IDLE);
