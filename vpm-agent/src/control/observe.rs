@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::hal::{Bdf, HalError, PciBackend, PciFunction, PowerState};
+use crate::hal::{Bdf, HalError, PciBackend, PciFunction, PowerControl, PowerState};
 use crate::policy::{Candidate, Policy};
 use crate::scheduler::state::{HeldPeak, POOL_MEMORY_S};
 use crate::scheduler::{DeviceState, DeviceUse, HostState, PfState, VfCountChange, VmState};
@@ -13,6 +13,7 @@ use crate::scheduler::{DeviceState, DeviceUse, HostState, PfState, VfCountChange
 #[derive(Debug, Clone)]
 struct Seen {
     power: PowerState,
+    control: Option<PowerControl>,
     power_since: Option<f64>,
     free: bool,
     idle_since: Option<f64>,
@@ -39,7 +40,18 @@ impl Tracker {
             .insert(pf, (to, Some(VfCountChange { at, from })));
     }
 
-    fn device(&mut self, now: f64, f: &PciFunction, user: DeviceUse) -> DeviceState {
+    /// The device `f` as the scheduler sees it; `born` is when it appeared,
+    /// if known (a VF of a resize vpm saw), else its first sight counts as
+    /// long ago. Its power clock restarts when the power state or
+    /// `power/control` changes (a park can leave a device in D0: no PM
+    /// capability, `disable_idle_d3`).
+    fn device(
+        &mut self,
+        now: f64,
+        f: &PciFunction,
+        user: DeviceUse,
+        born: Option<f64>,
+    ) -> DeviceState {
         let power = f
             .power_state
             .clone()
@@ -48,13 +60,15 @@ impl Tracker {
         let seen = match self.devices.get(&f.bdf) {
             None => Seen {
                 power: power.clone(),
-                power_since: None,
+                control: f.power_control,
+                power_since: born,
                 free,
                 idle_since: None,
             },
             Some(prev) => Seen {
                 power: power.clone(),
-                power_since: if prev.power == power {
+                control: f.power_control,
+                power_since: if prev.power == power && prev.control == f.power_control {
                     prev.power_since
                 } else {
                     Some(now)
@@ -163,19 +177,22 @@ impl Tracker {
             }
             match &f.sriov {
                 Some(sriov) => {
+                    let last_change = match self.pools.get(&bdf) {
+                        Some((n, change)) if *n == sriov.num_vfs => *change,
+                        Some((n, _)) => Some(VfCountChange { at: now, from: *n }),
+                        None => None,
+                    };
+                    // VFs first seen after a resize vpm saw were born then
+                    // (their awake dwell counts from it).
+                    let born = last_change.map(|c| c.at);
                     let mut vfs = Vec::new();
                     for (_, vf) in &f.virtfns {
                         let Ok(vf_f) = backend.function(*vf) else {
                             continue;
                         };
                         let user = user_of(backend, &vf_f)?;
-                        vfs.push(self.device(now, &vf_f, user));
+                        vfs.push(self.device(now, &vf_f, user, born));
                     }
-                    let last_change = match self.pools.get(&bdf) {
-                        Some((n, change)) if *n == sriov.num_vfs => *change,
-                        Some((n, _)) => Some(VfCountChange { at: now, from: *n }),
-                        None => None,
-                    };
                     self.pools.insert(bdf, (sriov.num_vfs, last_change));
                     let peak_held = self.peak_held(now, bdf, &vfs);
                     host.pfs.push(PfState {
@@ -191,7 +208,7 @@ impl Tracker {
                 }
                 None => {
                     let user = user_of(backend, &f)?;
-                    let state = self.device(now, &f, user);
+                    let state = self.device(now, &f, user, None);
                     host.devices.push(state);
                 }
             }
@@ -268,10 +285,11 @@ mod tests {
             h.pfs[0].last_change,
             Some(VfCountChange { at: 110.0, from: 0 })
         );
+        // Created by the resize seen at 110: their clock starts then.
         let d = &h.pfs[0].vfs[0];
         assert_eq!(
             (d.power.clone(), d.power_since, d.idle_since),
-            (PowerState::D3Hot, None, None)
+            (PowerState::D3Hot, Some(110.0), None)
         );
 
         sim.open(
@@ -305,5 +323,27 @@ mod tests {
         let h = t.observe(130.0, &sim, &policy, &vms).unwrap();
         let d = &h.pfs[0].vfs[0];
         assert_eq!((d.power_since, d.idle_since), (Some(130.0), Some(130.0)));
+
+        // A control change that leaves the power state (D0 here: no
+        // vfio-pci) restarts the clock too.
+        let other = bdf("0000:01:00.2");
+        let before = t.observe(140.0, &sim, &policy, &vms).unwrap();
+        let since = |h: &HostState| {
+            h.pfs[0]
+                .vfs
+                .iter()
+                .find(|v| v.bdf == other)
+                .unwrap()
+                .power_since
+        };
+        assert_eq!(since(&before), Some(110.0));
+        sim.set_power_control(other, PowerControl::On, Duration::from_secs(1))
+            .unwrap();
+        let after = t.observe(150.0, &sim, &policy, &vms).unwrap();
+        let d = after.pfs[0].vfs.iter().find(|v| v.bdf == other).unwrap();
+        assert_eq!(
+            (d.power.clone(), d.power_since),
+            (PowerState::D0, Some(150.0))
+        );
     }
 }

@@ -194,8 +194,9 @@ pub struct DeviceState {
     /// Its `power/control`, when readable.
     pub control: Option<PowerControl>,
     /// When its power state or `power/control` last changed, unix seconds
-    /// (whichever is later; the loop takes vpm's own changes from its journal).
-    /// `None`: not known, treated as long ago (the dwell is over).
+    /// (whichever is later, as the agent's tick saw it), or when a VF vpm
+    /// saw created appeared. `None`: not known, treated as long ago (the
+    /// dwell is over).
     pub power_since: Option<f64>,
     /// When it was last in use (held, or active), unix seconds. `None`: not
     /// in use since vpm started watching, treated as idle long enough.
