@@ -80,20 +80,23 @@ pub(super) fn open_journal(
 
 /// Prints what an action did or would do.
 pub(super) fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-        return Ok(());
+        return super::output::emit(
+            None,
+            &format!("{}\n", serde_json::to_string_pretty(report)?),
+        );
     }
-    if report.applied {
-        println!("done: {}", report.action);
+    let mut text = if report.applied {
+        format!("done: {}\n", report.action)
     } else {
-        println!("dry run (add --apply to act): would {}", report.action);
-    }
+        format!("dry run (add --apply to act): would {}\n", report.action)
+    };
     for step in &report.steps {
-        match step.elapsed_ms {
-            Some(ms) => println!("  {} ({ms:.1} ms)", step.what),
-            None => println!("  {}", step.what),
-        }
+        let _ = match step.elapsed_ms {
+            Some(ms) => writeln!(text, "  {} ({ms:.1} ms)", step.what),
+            None => writeln!(text, "  {}", step.what),
+        };
     }
-    Ok(())
+    super::output::emit(None, &text)
 }

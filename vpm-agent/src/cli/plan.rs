@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use comfy_table::Table;
 
-use super::output::{Format, new_table};
+use super::output::{Format, emit, new_table};
 use vpm::api::{self, Response};
 use vpm::forecast::adaptive::ClassHeadroom;
 use vpm::scheduler::Plan;
@@ -44,27 +44,27 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             "apply": apply,
             "headroom": headroom,
         });
-        println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(());
+        return emit(None, &format!("{}\n", serde_json::to_string_pretty(&all)?));
     }
+    let mut text = String::new();
     if !managing {
-        println!("no policy file: the agent manages no device (recommendations only)");
+        text.push_str("no policy file: the agent manages no device (recommendations only)\n");
     } else if !apply {
-        println!("dry run: the agent plans but does not act (start it with --apply to act)");
+        text.push_str("dry run: the agent plans but does not act (start it with --apply to act)\n");
     }
     if plan.is_null() {
-        println!("no plan yet (the agent plans every --plan-interval, 10 s by default)");
-        return Ok(());
+        text.push_str("no plan yet (the agent plans every --plan-interval, 10 s by default)\n");
+        return emit(None, &text);
     }
     let plan: Plan = serde_json::from_value(plan).context("decoding the plan")?;
-    print!("{}", render(&plan));
+    text.push_str(&render(&plan));
     if let Some(t) = attachments(&host) {
-        println!("{t}");
+        text.push_str(&format!("{t}\n"));
     }
     if let Some(t) = headroom_table(&headroom) {
-        println!("{t}");
+        text.push_str(&format!("{t}\n"));
     }
-    Ok(())
+    emit(None, &text)
 }
 
 /// The adaptive headroom of the classes with a target under-provision rate,

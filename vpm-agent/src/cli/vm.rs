@@ -12,6 +12,7 @@ use vpm::identity::{self, Vmm};
 use vpm::policy::Policy;
 
 use super::ActArgs;
+use super::output::emit;
 
 /// Arguments of `vpm vm`.
 #[derive(Args)]
@@ -120,12 +121,10 @@ fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Resul
     let vms = connect::list_vms(&args.act.roots.proc_root, settings).context("listing the VMs")?;
     if args.act.output == super::output::Format::Json {
         let rows: Vec<serde_json::Value> = vms.iter().map(json_row).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return emit(None, &format!("{}\n", serde_json::to_string_pretty(&rows)?));
     }
     if vms.is_empty() {
-        println!("no QEMU VMs running");
-        return Ok(());
+        return emit(None, "no QEMU VMs running\n");
     }
     let mut t = super::output::new_table(["VM", "PID", "MONITOR", "HOT-PLUGGED VFs", "PORTS"]);
     for v in &vms {
@@ -163,8 +162,7 @@ fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Resul
             ports_text(&v.ports),
         ]);
     }
-    println!("{t}");
-    Ok(())
+    emit(None, &format!("{t}\n"))
 }
 
 fn ports_text(p: &connect::Ports) -> String {
