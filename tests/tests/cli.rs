@@ -699,6 +699,34 @@ fn the_agent_plans_under_a_policy_and_serves_the_plan() {
 }
 
 #[test]
+fn a_demo_whose_guests_cannot_run_stops_and_says_why() {
+    // A vpm-testvm that dies at start, as it does without /dev/kvm.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bin("vpm"), dir.path().join("vpm")).unwrap();
+    let testvm = dir.path().join("vpm-testvm");
+    std::fs::write(
+        &testvm,
+        "#!/bin/sh\necho 'cannot open /dev/kvm: Permission denied' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&testvm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(dir.path().join("vpm"))
+        .args(["run", "--demo", "--duration", "10s", "--socket"])
+        .arg(dir.path().join("s"))
+        .arg("--export-dir")
+        .arg(dir.path().join("ex"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("exited at start (exit status: 1): cannot open /dev/kvm"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_demo_wakes_ahead_of_an_onset_and_parks_after_a_release() {
     let dir = tempfile::tempdir().unwrap();
     let exports = dir.path().join("exports");

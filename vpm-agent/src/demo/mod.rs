@@ -141,6 +141,20 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
+    /// A guest exited right after its start.
+    #[error(
+        "the demo guest {name} exited at start ({status}){}; the demo needs /dev/kvm \
+         (read-write for this user) and vpm-testvm next to vpm",
+        if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
+    )]
+    GuestExited {
+        /// The guest.
+        name: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// The end of what it wrote to stderr.
+        stderr: String,
+    },
     /// The event log could not be created.
     #[error("cannot create the demo's event log {path}: {source}")]
     Log {
@@ -169,7 +183,16 @@ impl Demo {
             driver: None,
             pids: Vec::new(),
         };
+        // Each guest's stderr goes to an unnamed file, read if it dies at
+        // start (a pipe nobody drains could stall a guest that lives).
+        let mut stderrs = Vec::new();
         for (name, _) in vms() {
+            let err = unnamed_file(name);
+            let stderr = match err.as_ref().and_then(|f| f.try_clone().ok()) {
+                Some(f) => Stdio::from(f),
+                None => Stdio::null(),
+            };
+            stderrs.push(err);
             let child = Command::new(testvm)
                 .args(["-name", &format!("guest={name}")])
                 .args([
@@ -182,7 +205,7 @@ impl Demo {
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .map_err(|source| DemoError::Guest {
                     name: name.to_owned(),
@@ -191,6 +214,18 @@ impl Demo {
                 })?;
             demo.pids.push((name.to_owned(), child.id()));
             demo.guests.push(child);
+        }
+        // A guest that cannot run (no /dev/kvm, a broken binary) exits at
+        // once: say so, rather than run a demo without its VMs.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for ((guest, (name, _)), err) in demo.guests.iter_mut().zip(&demo.pids).zip(stderrs) {
+            if let Ok(Some(status)) = guest.try_wait() {
+                return Err(DemoError::GuestExited {
+                    name: name.clone(),
+                    status,
+                    stderr: err.map(|f| tail_of(f, 400)).unwrap_or_default(),
+                });
+            }
         }
         let path = export_dir.join(format!("demo-{:014}.csv", (start * 1000.0) as u64));
         let mut log = std::fs::File::create(&path).map_err(|source| DemoError::Log {
@@ -230,6 +265,35 @@ impl Drop for Demo {
             let _ = g.wait();
         }
     }
+}
+
+/// A file for a guest's stderr that no one else sees: created in the
+/// temporary directory and unlinked at once (the guest and vpm keep it open).
+fn unnamed_file(name: &str) -> Option<std::fs::File> {
+    // (`name` is one of the demo's own fixed names.)
+    let path = std::env::temp_dir().join(format!("vpm-demo-{}-{name}.stderr", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ok()?;
+    let _ = std::fs::remove_file(&path);
+    Some(f)
+}
+
+/// The last `max` bytes of `f` (read from its start), one line.
+fn tail_of(mut f: std::fs::File, max: usize) -> String {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = f.rewind();
+    let _ = f.read_to_string(&mut text);
+    let text = text.trim().replace('\n', " / ");
+    let cut = text.len().saturating_sub(max);
+    let start = (cut..=text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[start..].to_owned()
 }
 
 /// Every 100 ms: each VM takes a VF when its script says so (binding it to
