@@ -59,8 +59,8 @@ fn telemetry(smoke: bool) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options { check: true })?;
     if !is_root() {
         bail!(
-            "the telemetry bench loads eBPF programs and runs KVM guests: run \
-             `sudo -E cargo xtask bench telemetry`"
+            "the telemetry bench loads eBPF programs and runs KVM guests: run `{}`",
+            util::as_root("bench telemetry")
         );
     }
     if !Path::new("/dev/kvm").exists() {
@@ -97,7 +97,10 @@ fn telemetry(smoke: bool) -> anyhow::Result<()> {
 fn hal(smoke: bool) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options { check: true })?;
     if !is_root() {
-        bail!("the hal bench boots the lab guest: run `sudo -E cargo xtask bench hal`");
+        bail!(
+            "the hal bench boots the lab guest: run `{}`",
+            util::as_root("bench hal")
+        );
     }
     util::run(util::cargo().args(["build", "--workspace", "--exclude", "vpm-ebpf", "--bins"]))?;
     let bin = target_dir().join("debug").join("bench-hal");

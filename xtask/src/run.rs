@@ -26,6 +26,13 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    // Before any build: how vpm will get root.
+    if !is_root() && !util::on_path("sudo") {
+        bail!(
+            "vpm needs root (CAP_BPF, CAP_PERFMON) to load its eBPF programs and sudo is not \
+             installed: run `cargo xtask run` as root, or install sudo (`apt-get install sudo`)"
+        );
+    }
     crate::setup::run(&crate::setup::Options::default())?;
     let mut build = util::cargo();
     // The same feature set as `cargo xtask test`, so the two share one build.
@@ -48,9 +55,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         c
     };
     cmd.arg("run").args(&opts.args);
-    let demo = if opts.demo {
+    let passed = |flag: &str| {
+        opts.args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let demo = if passed("--demo") {
+        // Already on vpm's command line.
+        false
+    } else if opts.demo {
         true
     } else if opts.no_demo {
+        false
+    } else if passed("--policy") || passed("--apply") {
+        // The operator says what to manage: no demo in its place.
+        eprintln!(
+            "xtask: --policy/--apply given: not starting the built-in demo (it would ignore them)"
+        );
         false
     } else {
         let (vms, sriov) = (running_vmms(), sriov_devices());

@@ -6,8 +6,9 @@
 //! 3. the lab: the hardware tests in a QEMU guest (`cargo xtask vm-test`);
 //! 4. a smoke pass of every benchmark (`cargo xtask bench <name> --smoke`).
 //!
-//! A missing prerequisite fails loudly. `VPM_SKIP_PRIVILEGED=1` is the only way
-//! to skip step 2 (for a machine without KVM); it is said in the output.
+//! A missing prerequisite fails loudly (not root: before any build).
+//! `VPM_SKIP_PRIVILEGED=1` is the only way to skip steps 2–4, everything that
+//! needs root or KVM (for a machine without them); it is said in the output.
 
 use anyhow::bail;
 
@@ -40,6 +41,15 @@ fn host_test_targets() -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let skip = std::env::var("VPM_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
+    // Before any build: a run that would fail at step 2 fails now.
+    if !skip && !is_root() {
+        bail!(
+            "the privileged tests need root (BPF, /dev/kvm): run `{}`, or set \
+             VPM_SKIP_PRIVILEGED=1 to run only the unit tests",
+            util::as_root("test")
+        );
+    }
     crate::setup::run(&crate::setup::Options::default())?;
     let started = std::time::Instant::now();
     let mut unit = util::cargo();
@@ -56,17 +66,13 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     util::run(&mut unit)?;
     eprintln!("xtask: unit tests took {:.0?}", started.elapsed());
 
-    if std::env::var("VPM_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+    if skip {
         eprintln!(
-            "xtask: VPM_SKIP_PRIVILEGED=1: SKIPPING the privileged tests (root, /dev/kvm, BPF)"
+            "xtask: VPM_SKIP_PRIVILEGED=1: SKIPPING the privileged tests, the lab guest tests \
+             and the benchmark smoke passes (they need root, /dev/kvm, BPF): only the unit \
+             tests ran"
         );
         return Ok(());
-    }
-    if !is_root() {
-        bail!(
-            "the privileged tests need root (BPF, /dev/kvm): run `sudo -E cargo xtask test`, \
-             or set VPM_SKIP_PRIVILEGED=1 to run only the unit tests"
-        );
     }
     if !std::path::Path::new("/dev/kvm").exists() {
         bail!(

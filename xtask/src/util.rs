@@ -53,6 +53,24 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// How to run `cargo xtask <what>` as root: Debian's sudo resets PATH
+/// (`secure_path`), which drops rustup's `~/.cargo/bin`, so PATH is passed on.
+pub fn as_root(what: &str) -> String {
+    format!("sudo -E env \"PATH=$PATH\" cargo xtask {what}")
+}
+
+/// Whether a command named `name` is on PATH.
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            std::fs::metadata(dir.join(name)).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt as _;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+    })
+}
+
 /// `cargo` as cargo invoked us.
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

@@ -87,7 +87,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
     if !util::is_root() {
         bail!(
-            "the lab boots QEMU with a 9p share of the workspace: run `sudo -E cargo xtask vm-test`"
+            "the lab boots QEMU with a 9p share of the workspace: run `{}`",
+            util::as_root("vm-test")
         );
     }
     let targets: Vec<&str> = if opts.tests.is_empty() {
