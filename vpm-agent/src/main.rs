@@ -31,10 +31,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether `err` is a write to a closed pipe.
+/// Whether `err` is a write to stdout after its reader closed it (not a
+/// broken socket to the agent or a VM's monitor: those are errors).
 fn broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<cli::output::StdoutError>()
+            .is_some_and(|e| e.0.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }

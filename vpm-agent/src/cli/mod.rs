@@ -3,7 +3,7 @@
 mod devices;
 mod eval;
 mod forecast;
-mod output;
+pub(crate) mod output;
 mod pci;
 mod plan;
 mod record;

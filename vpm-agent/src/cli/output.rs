@@ -42,6 +42,11 @@ fn exits_per_s(vm: &VmReport) -> f64 {
     }
 }
 
+/// Writing to stdout failed (`main` ends quietly when its reader is gone).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to stdout")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
 /// Writes `text` to `out` (a file, written atomically) or stdout.
 pub fn emit(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
     match out {
@@ -49,8 +54,8 @@ pub fn emit(out: Option<&Path>, text: &str) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(text.as_bytes())
-                .context("writing to stdout")?;
-            stdout.flush().context("writing to stdout")
+                .and_then(|()| stdout.flush())
+                .map_err(|e| StdoutError(e).into())
         }
         Some(path) => write_atomic(path, text.as_bytes()),
     }

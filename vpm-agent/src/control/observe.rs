@@ -3,7 +3,7 @@
 //! its power state, since when it is idle, when a pool last changed size),
 //! remembered across ticks by a [`Tracker`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hal::{Bdf, HalError, PciBackend, PciFunction, PowerControl, PowerState};
 use crate::policy::{Candidate, Policy};
@@ -25,6 +25,9 @@ pub struct Tracker {
     devices: BTreeMap<Bdf, Seen>,
     pools: BTreeMap<Bdf, (u32, Option<VfCountChange>)>,
     held: BTreeMap<(Bdf, String), HeldPeak>,
+    /// PFs whose VFs were re-created since the last observation: their
+    /// VFs' clocks start over (same addresses, new devices).
+    recreated: BTreeSet<Bdf>,
 }
 
 impl Tracker {
@@ -38,6 +41,7 @@ impl Tracker {
     pub fn pool_changed(&mut self, pf: Bdf, from: u32, to: u32, at: f64) {
         self.pools
             .insert(pf, (to, Some(VfCountChange { at, from })));
+        self.recreated.insert(pf);
     }
 
     /// The device `f` as the scheduler sees it; `born` is when it appeared,
@@ -179,9 +183,19 @@ impl Tracker {
                 Some(sriov) => {
                     let last_change = match self.pools.get(&bdf) {
                         Some((n, change)) if *n == sriov.num_vfs => *change,
-                        Some((n, _)) => Some(VfCountChange { at: now, from: *n }),
+                        Some((n, _)) => {
+                            self.recreated.insert(bdf);
+                            Some(VfCountChange { at: now, from: *n })
+                        }
                         None => None,
                     };
+                    // Every count change goes through 0: the VFs now are new
+                    // devices, even at addresses seen before.
+                    if self.recreated.remove(&bdf) {
+                        for (_, vf) in &f.virtfns {
+                            self.devices.remove(vf);
+                        }
+                    }
                     // VFs first seen after a resize vpm saw were born then
                     // (their awake dwell counts from it).
                     let born = last_change.map(|c| c.at);
@@ -324,6 +338,17 @@ mod tests {
         let d = &h.pfs[0].vfs[0];
         assert_eq!((d.power_since, d.idle_since), (Some(130.0), Some(130.0)));
 
+        // Regrown (2 → 0 → 2 by vpm at 135): the same addresses, new VFs,
+        // whose clocks start at the resize.
+        t.pool_changed(pf, 2, 0, 134.0);
+        sim.set_sriov_numvfs(pf, 0, Duration::from_secs(1)).unwrap();
+        sim.set_sriov_numvfs(pf, 2, Duration::from_secs(1)).unwrap();
+        t.pool_changed(pf, 0, 2, 135.0);
+        let h = t.observe(136.0, &sim, &policy, &vms).unwrap();
+        for d in &h.pfs[0].vfs {
+            assert_eq!((d.power_since, d.idle_since), (Some(135.0), None), "{d:?}");
+        }
+
         // A control change that leaves the power state (D0 here: no
         // vfio-pci) restarts the clock too.
         let other = bdf("0000:01:00.2");
@@ -336,7 +361,7 @@ mod tests {
                 .unwrap()
                 .power_since
         };
-        assert_eq!(since(&before), Some(110.0));
+        assert_eq!(since(&before), Some(135.0));
         sim.set_power_control(other, PowerControl::On, Duration::from_secs(1))
             .unwrap();
         let after = t.observe(150.0, &sim, &policy, &vms).unwrap();

@@ -144,7 +144,7 @@ pub fn steps(action: &Action, facts: &Facts) -> Vec<Step> {
                 )));
             }
             out.push(Step::planned(format!(
-                "{bdf}: write auto to power/control, wait for D3hot"
+                "{bdf}: write auto to power/control, wait for D3hot (or D3cold)"
             )));
             out
         }
@@ -197,8 +197,11 @@ pub fn apply(
             }
             let started = Instant::now();
             sys.set_power_control(bdf, PowerControl::Auto, opts.write_timeout)?;
-            wait_for(sys, bdf, PowerState::D3Hot, opts.settle_timeout)?;
-            done.push(timed(format!("{bdf}: power/control=auto → D3hot"), started));
+            let reached = wait_for(sys, bdf, PowerState::D3Hot, opts.settle_timeout)?;
+            done.push(timed(
+                format!("{bdf}: power/control=auto → {reached}"),
+                started,
+            ));
         }
         Action::Wake { bdf } => {
             let started = Instant::now();
@@ -222,14 +225,15 @@ fn timed(what: String, started: Instant) -> Step {
     }
 }
 
-/// Polls `power_state` until it reads `expected`; D3hot is reached by D3cold
-/// too (runtime suspend picks D3cold where the platform can cut the power).
+/// Polls `power_state` until it reads `expected`, and returns the state
+/// read: D3hot is reached by D3cold too (runtime suspend picks D3cold where
+/// the platform can cut the power).
 pub fn wait_for(
     sys: &dyn PciBackend,
     bdf: crate::hal::Bdf,
     expected: PowerState,
     timeout: Duration,
-) -> Result<Duration, ApplyError> {
+) -> Result<PowerState, ApplyError> {
     let started = Instant::now();
     loop {
         let seen = sys.power_state(bdf)?;
@@ -238,8 +242,8 @@ pub fn wait_for(
             (e, Some(s)) => s == e,
             (_, None) => false,
         };
-        if reached {
-            return Ok(started.elapsed());
+        if reached && let Some(s) = seen {
+            return Ok(s);
         }
         if started.elapsed() >= timeout {
             return Err(ApplyError::NotReached {

@@ -325,7 +325,7 @@ pub fn steps(action: &Action, vm: &VmFacts) -> Vec<Step> {
                 "QMP {monitor}: device_del of {vf}, then wait for DEVICE_DELETED"
             )),
             planned(format!("check that pid {} no longer holds {vf}", who.pid)),
-            planned(format!("{vf}: power/control=auto → D3hot")),
+            planned(format!("{vf}: power/control=auto → D3hot (or D3cold)")),
         ],
         _ => Vec::new(),
     }
@@ -408,8 +408,11 @@ pub fn apply(
             done.push(timed(format!("pid {} closed {vf}", vm.pid), started));
             let started = Instant::now();
             sys.set_power_control(*vf, PowerControl::Auto, opts.write_timeout)?;
-            wait_for(sys, *vf, PowerState::D3Hot, opts.settle_timeout)?;
-            done.push(timed(format!("{vf}: power/control=auto → D3hot"), started));
+            let reached = wait_for(sys, *vf, PowerState::D3Hot, opts.settle_timeout)?;
+            done.push(timed(
+                format!("{vf}: power/control=auto → {reached}"),
+                started,
+            ));
         }
         _ => {}
     }

@@ -483,11 +483,14 @@ mod tests {
         let vf = bdf("0000:01:00.1");
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
-        run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
+        let report = run(&sim, &policy, &opts, &mut j, Action::Park { bdf: vf }).unwrap();
         assert_eq!(
             sim.power_state(vf).unwrap(),
             Some(crate::hal::PowerState::D3Cold)
         );
+        // The report says the state reached.
+        let last = report.steps.last().unwrap();
+        assert!(last.what.ends_with("→ D3cold"), "{last:?}");
     }
 
     #[test]

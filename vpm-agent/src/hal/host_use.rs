@@ -134,7 +134,20 @@ fn class_blocks(class_dir: &Path, device_dir: &Path, blocks: &mut Vec<(String, S
     }
     found.sort();
     for (name, path) in found {
+        if blocks.iter().any(|(n, _, _)| *n == name) {
+            continue;
+        }
         push_block(&path, &name, blocks);
+        // A multipath head's partitions live below the head, not below the
+        // function; a disk's own are listed in class/block too (once each).
+        for part in subdirs(&path) {
+            let part_name = part.file_name().map(|n| n.to_string_lossy().into_owned());
+            if let Some(p) = part_name.filter(|p| p.starts_with(&name))
+                && !blocks.iter().any(|(n, _, _)| *n == p)
+            {
+                push_block(&part, &p, blocks);
+            }
+        }
     }
 }
 
@@ -264,7 +277,9 @@ mod tests {
         std::fs::write(path.join("dev"), "259:2\n").unwrap();
         let head = sys.join("devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1");
         std::fs::create_dir_all(head.join("multipath")).unwrap();
+        std::fs::create_dir_all(head.join("nvme1n1p2")).unwrap();
         std::fs::write(head.join("dev"), "259:3\n").unwrap();
+        std::fs::write(head.join("nvme1n1p2/dev"), "259:5\n").unwrap();
         std::os::unix::fs::symlink(&path, head.join("multipath/nvme1c0n1")).unwrap();
         let elsewhere = other.join("nvme/nvme2/nvme2n1");
         std::fs::create_dir_all(&elsewhere).unwrap();
@@ -276,6 +291,7 @@ mod tests {
             ("nvme0n1p1", ns.join("nvme0n1p1")),
             ("nvme1c0n1", path.clone()),
             ("nvme1n1", head.clone()),
+            ("nvme1n1p2", head.join("nvme1n1p2")),
             ("nvme2n1", elsewhere.clone()),
         ] {
             std::os::unix::fs::symlink(&target, class.join(name)).unwrap();
@@ -290,6 +306,7 @@ mod tests {
             "22 1 0:21 / / rw - rootfs rootfs rw\n\
              40 22 259:1 / /srv/data rw - ext4 /dev/nvme0n1p1 rw\n\
              41 22 259:3 / /srv/mp rw - xfs /dev/nvme1n1 rw\n\
+             43 22 259:5 / /srv/mp2 rw - ext4 /dev/nvme1n1p2 rw\n\
              42 22 259:4 / /srv/other rw - xfs /dev/nvme2n1 rw\n",
         )
         .unwrap();
@@ -304,6 +321,10 @@ mod tests {
                 HostUse::Mounted {
                     block: "nvme1n1".into(),
                     mountpoint: "/srv/mp".into()
+                },
+                HostUse::Mounted {
+                    block: "nvme1n1p2".into(),
+                    mountpoint: "/srv/mp2".into()
                 },
             ]
         );

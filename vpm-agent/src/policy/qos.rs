@@ -168,7 +168,8 @@ impl RawClass {
             (Some(_), Some(_)) => {
                 return Err(format!(
                     "class \"{name}\": set either quantile or under_provision, not both \
-                     (under_provision = r means quantile = 1 - r)"
+                     (quantile = q provisions to that fixed quantile; under_provision = r \
+                     moves the quantile so that about r of outcomes end above)"
                 ));
             }
             (Some(q), None) if !open_unit(q) => {
