@@ -77,17 +77,18 @@ impl Env {
         self.vpm_env(args, &[])
     }
 
-    /// Runs `vpm ARGS --policy P --state-dir S` with `envs` set.
+    /// Runs `vpm ARGS --policy P --state-dir S` with `envs` set (no state
+    /// directory for `vm list`, which only reads).
     fn vpm_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
-        let out = Command::new(bin("vpm"))
-            .args(args)
+        let mut cmd = Command::new(bin("vpm"));
+        cmd.args(args)
             .envs(envs.iter().copied())
             .arg("--policy")
-            .arg(self.policy())
-            .arg("--state-dir")
-            .arg(self.state())
-            .output()
-            .unwrap();
+            .arg(self.policy());
+        if args.get(1) != Some(&"list") {
+            cmd.arg("--state-dir").arg(self.state());
+        }
+        let out = cmd.output().unwrap();
         eprintln!(
             "$ vpm {}\n{}{}",
             args.join(" "),

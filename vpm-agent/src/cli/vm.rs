@@ -19,14 +19,26 @@ use super::output::emit;
 pub struct VmArgs {
     #[command(subcommand)]
     command: VmCommand,
+}
+
+/// Arguments of `vpm vm list` (it only reads: no acting options).
+#[derive(Args)]
+struct ListArgs {
+    /// The policy file: its [hotplug] monitor template finds monitors the
+    /// VMs' command lines do not name (a missing default file is fine).
+    #[arg(long, default_value = vpm::policy::DEFAULT_PATH, value_name = "FILE")]
+    policy: std::path::PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    output: super::output::Format,
     #[command(flatten)]
-    act: ActArgs,
+    roots: super::RootArgs,
 }
 
 #[derive(Subcommand)]
 enum VmCommand {
     /// QEMU VMs with their QMP monitor, hot-plugged VFs and free hot-plug ports.
-    List,
+    List(ListArgs),
     /// Hot-plug a VF into a running VM: wake it, `device_add vfio-pci` onto a
     /// free hot-plug port over QMP, and check the VM's process opened it.
     /// The VF must be bound to vfio-pci (`vpm pci park BDF`), its IOMMU group
@@ -36,6 +48,8 @@ enum VmCommand {
         vm: String,
         /// The VF, DDDD:BB:DD.F.
         vf: Bdf,
+        #[command(flatten)]
+        act: ActArgs,
     },
     /// Take a hot-plugged VF back: `device_del` over QMP, wait for the
     /// `DEVICE_DELETED` event, check the VM's process closed it, park it.
@@ -44,32 +58,39 @@ enum VmCommand {
         vm: String,
         /// The VF, DDDD:BB:DD.F.
         vf: Bdf,
+        #[command(flatten)]
+        act: ActArgs,
     },
 }
 
 pub fn run(args: &VmArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.act.policy)?;
+    let (vm, vf, attach, act) = match &args.command {
+        VmCommand::List(list_args) => {
+            let settings = Policy::load(&list_args.policy)?
+                .map(|p| p.hotplug)
+                .unwrap_or_default();
+            return list(list_args, &settings);
+        }
+        VmCommand::Attach { vm, vf, act } => (vm, *vf, true, act),
+        VmCommand::Detach { vm, vf, act } => (vm, *vf, false, act),
+    };
+    let policy = Policy::load(&act.policy)?;
     let settings = policy
         .as_ref()
         .map(|p| p.hotplug.clone())
         .unwrap_or_default();
-    let (vm, vf, attach) = match &args.command {
-        VmCommand::List => return list(args, &settings),
-        VmCommand::Attach { vm, vf } => (vm, *vf, true),
-        VmCommand::Detach { vm, vf } => (vm, *vf, false),
-    };
-    let vm = resolve(&args.act.roots.proc_root, vm)?;
+    let vm = resolve(&act.roots.proc_root, vm)?;
     let action = if attach {
         Action::Attach { vm, vf }
     } else {
         Action::Detach { vm, vf }
     };
-    let hv = QmpHotplug::new(&args.act.roots.proc_root, settings);
+    let hv = QmpHotplug::new(&act.roots.proc_root, settings);
     let opts = ApplyOptions {
         write_timeout: Duration::from_secs(10),
-        settle_timeout: args.act.settle_timeout,
+        settle_timeout: act.settle_timeout,
     };
-    args.act.act(action, policy.as_ref(), Some(&hv), &opts)
+    act.act(action, policy.as_ref(), Some(&hv), &opts)
 }
 
 /// The VM named `arg` (or whose VMM has pid `arg`).
@@ -117,9 +138,9 @@ fn resolve(proc_root: &std::path::Path, arg: &str) -> anyhow::Result<VmRef> {
     }
 }
 
-fn list(args: &VmArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Result<()> {
-    let vms = connect::list_vms(&args.act.roots.proc_root, settings).context("listing the VMs")?;
-    if args.act.output == super::output::Format::Json {
+fn list(args: &ListArgs, settings: &vpm::policy::HotplugSettings) -> anyhow::Result<()> {
+    let vms = connect::list_vms(&args.roots.proc_root, settings).context("listing the VMs")?;
+    if args.output == super::output::Format::Json {
         let rows: Vec<serde_json::Value> = vms.iter().map(json_row).collect();
         return emit(None, &format!("{}\n", serde_json::to_string_pretty(&rows)?));
     }
