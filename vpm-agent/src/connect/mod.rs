@@ -76,7 +76,8 @@ impl QmpHotplug {
     }
 
     /// The monitor of the VM in process `pid` named `name`, and whether
-    /// libvirt manages it.
+    /// libvirt manages it (its cgroup is libvirt's machine scope, or its
+    /// monitor socket lives in a libvirt directory).
     pub fn monitor_of(&self, pid: u32, name: &str) -> (Monitor, bool) {
         let raw =
             std::fs::read(self.proc_root.join(pid.to_string()).join("cmdline")).unwrap_or_default();
@@ -102,6 +103,8 @@ impl QmpHotplug {
             }
             m => m,
         };
+        let libvirt =
+            libvirt || matches!(&mon, Monitor::Unix { path, .. } if monitor::in_libvirt_dir(path));
         (mon, libvirt)
     }
 
@@ -434,8 +437,8 @@ pub fn list_vms(
         if id.vmm != Vmm::Qemu {
             continue;
         }
-        let (monitor, _) = hv.monitor_of(id.pid, &id.name);
-        let (attached, free) = match (&monitor, id.libvirt) {
+        let (monitor, libvirt) = hv.monitor_of(id.pid, &id.name);
+        let (attached, free) = match (&monitor, libvirt) {
             (_, true) => (
                 Err("managed by libvirt: vpm leaves its monitor alone".into()),
                 Ports::default(),
@@ -458,8 +461,11 @@ pub fn list_vms(
             (Monitor::Unusable { what }, false) => (Err(what.clone()), Ports::default()),
             (Monitor::None, false) => (Err("no QMP monitor".into()), Ports::default()),
         };
+        // libvirt's by its monitor's directory too, not only its cgroup.
+        let mut identity = id;
+        identity.libvirt = libvirt;
         out.push(VmEntry {
-            identity: id,
+            identity,
             monitor,
             attached,
             ports: free,
@@ -504,5 +510,30 @@ mod tests {
         assert_eq!(parse_host("0000:01:00.1"), Some(vf));
         assert_eq!(parse_host("01:00.1"), Some(vf));
         assert_eq!(parse_host("nonsense"), None);
+    }
+
+    #[test]
+    fn a_monitor_in_libvirts_directory_is_libvirts() {
+        // Its cgroup says nothing (no file here); its socket's place does.
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = |pid: u32, sock: &str| {
+            let p = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&p).unwrap();
+            let args = [
+                "qemu-system-x86_64",
+                "-name",
+                "guest=w",
+                "-qmp",
+                &format!("unix:{sock},server=on,wait=off"),
+            ];
+            std::fs::write(p.join("cmdline"), args.join("\0") + "\0").unwrap();
+        };
+        cmdline(10, "/var/lib/libvirt/qemu/domain-1-w/monitor.sock");
+        cmdline(11, "/run/vpm/w.qmp");
+        let hv = QmpHotplug::new(dir.path(), HotplugSettings::default());
+        let (mon, libvirt) = hv.monitor_of(10, "w");
+        assert!(matches!(mon, Monitor::Unix { .. }) && libvirt, "{mon:?}");
+        let (_, libvirt) = hv.monitor_of(11, "w");
+        assert!(!libvirt);
     }
 }

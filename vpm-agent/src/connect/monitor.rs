@@ -158,6 +158,15 @@ pub fn choose(found: Vec<Monitor>, from_policy: Option<PathBuf>) -> Monitor {
     found.into_iter().next().unwrap_or(Monitor::None)
 }
 
+/// Whether a monitor socket lives in one of libvirt's directories
+/// (`/var/lib/libvirt/qemu/domain-3-web/monitor.sock`, `/run/libvirt/…`, a
+/// session daemon's `~/.config/libvirt/…`): its monitor is libvirt's, even
+/// when the VM's cgroup does not say so.
+pub fn in_libvirt_dir(path: &std::path::Path) -> bool {
+    path.components()
+        .any(|c| c.as_os_str() == std::ffi::OsStr::new("libvirt"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +235,25 @@ mod tests {
         assert!(matches!(&m[0], Monitor::Unusable { what } if what.contains("file descriptor")));
         let m = mons("qemu -mon chardev=nope,mode=control");
         assert!(matches!(&m[0], Monitor::Unusable { what } if what.contains("does not define")));
+    }
+
+    #[test]
+    fn libvirt_directories_are_recognised() {
+        use std::path::Path;
+        for p in [
+            "/var/lib/libvirt/qemu/domain-3-web01/monitor.sock",
+            "/run/libvirt/qemu/web01.monitor",
+            "/root/.config/libvirt/qemu/lib/domain-1-x/monitor.sock",
+        ] {
+            assert!(in_libvirt_dir(Path::new(p)), "{p}");
+        }
+        for p in [
+            "/run/vpm/web01.qmp",
+            "/var/lib/libvirt-backup/q.sock",
+            "/tmp/libvirtish",
+        ] {
+            assert!(!in_libvirt_dir(Path::new(p)), "{p}");
+        }
     }
 
     #[test]
