@@ -215,6 +215,19 @@ pub enum HalError {
         /// The time waited.
         after: Duration,
     },
+    /// An earlier write to the attribute timed out and has still not
+    /// returned: vpm does not stack a second write behind it.
+    #[error(
+        "{}: an earlier write ({value:?}) timed out and is still in the kernel; vpm writes \
+         this attribute again only once it returns (read the attribute to see where it is)",
+        path.display()
+    )]
+    StillWriting {
+        /// The attribute.
+        path: PathBuf,
+        /// The value still being written.
+        value: String,
+    },
     /// The write succeeded but reading the attribute back shows another state.
     #[error("{}: wrote {wrote:?} but read back {read:?}{}", path.display(), read_back_hint(.path, .wrote))]
     ReadBack {

@@ -55,23 +55,53 @@ fn write_once(path: &Path, value: &[u8]) -> std::result::Result<(), (&'static st
     Ok(())
 }
 
+/// Attributes being written now (and the value), by [`write_attr`].
+static IN_FLIGHT: std::sync::Mutex<std::collections::BTreeMap<std::path::PathBuf, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// Writes `value` to the attribute at `path`, waiting at most `timeout`.
 ///
 /// The errno of a failed open or write is kept ([`HalError::Io`] with `op`
 /// `open` or `write`). On [`HalError::Timeout`] the write thread is left
 /// running: the kernel may still complete the write, so read the attribute
-/// before deciding what happened.
+/// before deciding what happened. Until it returns, another write to the
+/// same attribute is refused ([`HalError::StillWriting`]).
 pub(crate) fn write_attr(path: &Path, value: &str, timeout: Duration) -> Result<()> {
+    // One write per attribute at a time: a write that timed out is still in
+    // the kernel, and a second one would queue behind it (or race it).
+    {
+        let mut busy = IN_FLIGHT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = busy.get(path) {
+            return Err(HalError::StillWriting {
+                path: path.to_path_buf(),
+                value: v.clone(),
+            });
+        }
+        busy.insert(path.to_path_buf(), clip(value));
+    }
     let (tx, rx) = mpsc::channel();
     let owned_path = path.to_path_buf();
     let bytes = value.as_bytes().to_vec();
-    thread::Builder::new()
+    let spawned = thread::Builder::new()
         .name("vpm-sysfs-write".into())
         .spawn(move || {
+            let result = write_once(&owned_path, &bytes);
+            IN_FLIGHT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&owned_path);
             // The receiver is gone after a timeout: nobody to tell.
-            let _ = tx.send(write_once(&owned_path, &bytes));
-        })
-        .map_err(|e| HalError::io("spawn", path, e))?;
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(path);
+        return Err(HalError::io("spawn", path, e));
+    }
     match rx.recv_timeout(timeout) {
         Ok(Ok(())) => Ok(()),
         Ok(Err((op, e))) => Err(HalError::io(op, path, e)),
@@ -443,12 +473,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(e.to_string().contains("may still complete"));
+        // While it is stuck, a second write is refused, not queued.
+        let again = write_attr(&fifo, "0", Duration::from_millis(50)).unwrap_err();
+        assert!(
+            matches!(&again, HalError::StillWriting { value, .. } if value == "4"),
+            "{again:?}"
+        );
         // Let the left-behind writer finish: a reader unblocks its open.
-        let _reader = OpenOptions::new()
+        let mut reader = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
+        // Once it has returned, the attribute may be written again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while IN_FLIGHT.lock().unwrap().contains_key(&fifo) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never returned"
+            );
+            let _ = io::Read::read(&mut reader, &mut [0u8; 8]);
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
