@@ -313,7 +313,7 @@ fn a_vf_is_attached_over_qmp_and_taken_back_on_device_deleted() {
     // Dry run: says what it would do, does nothing.
     let dry = env.vpm_ok(&["vm", "attach", "inner-a", &vfs]);
     assert!(
-        dry.contains("dry run") && dry.contains("device_add"),
+        dry.contains("dry run") && dry.contains("device_add") && dry.contains("onto port rp1"),
         "{dry}"
     );
     assert!(holders(vf).is_empty());
@@ -451,8 +451,9 @@ fn refusals_and_failures_say_where_the_vf_is() {
     assert!(wait_until(Duration::from_secs(10), || holders(vf).is_empty()));
     park(&env, vf);
 
-    // A port without hot-plug: QEMU is never asked, the VF is parked again,
-    // and the journal says it is attached to no VM.
+    // A port without hot-plug: vpm asks the VM's ports first, so the dry
+    // run already says so and --apply is refused before anything is done:
+    // the VF stays parked and the journal has no entry for it.
     let nohp = InnerVm::start(
         "inner-nohp",
         VmOpts {
@@ -460,13 +461,18 @@ fn refusals_and_failures_say_where_the_vf_is() {
             ..STANDARD
         },
     );
+    let before = env.journal().len();
+    let dry = env.vpm_err(&["vm", "attach", "inner-nohp", &vfs_]);
+    assert!(
+        dry.contains("no free hot-plug port") && dry.contains("hotplug=off"),
+        "{dry}"
+    );
     let err = env.vpm_err(&["vm", "attach", "inner-nohp", &vfs_, "--apply"]);
     assert!(
         err.contains("no free hot-plug port") && err.contains("hotplug=off"),
         "{err}"
     );
-    let note = failed_note(&env);
-    assert!(note.contains("not attached to any VM"), "{note}");
+    assert_eq!(env.journal().len(), before, "a refusal is not journaled");
     assert!(holders(vf).is_empty());
     assert!(wait_until(Duration::from_secs(10), || power(vf)
         == Some(PowerState::D3Hot)));

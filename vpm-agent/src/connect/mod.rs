@@ -158,6 +158,7 @@ impl Hotplug for QmpHotplug {
                  `-qmp unix:PATH,server=on,wait=off`, or set [hotplug] monitor)"
                 .into()),
             attached: Vec::new(),
+            port: None,
         };
         match mon {
             Monitor::Unix { path, .. } if !libvirt => {
@@ -208,6 +209,21 @@ impl Hotplug for QmpHotplug {
                 port: Some(port),
             })
         })?
+    }
+
+    fn free_port(&self, vm: &VmRef) -> Option<Result<String, String>> {
+        let path = self.socket(vm).ok()?;
+        let timeout = self.query_timeout();
+        let ports = block(|| async {
+            let mut q = Qmp::connect_to(&path, timeout, vm.pid).await?;
+            ports(&mut q, &self.settings).await
+        })
+        .ok()?
+        .ok()?;
+        Some(match ports.free.first() {
+            Some(p) => Ok(p.clone()),
+            None => Err(no_port_message(vm, &ports)),
+        })
     }
 
     fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError> {

@@ -50,6 +50,10 @@ pub struct VmFacts {
     pub monitor: Result<String, String>,
     /// Its hot-plugged VFIO devices (when the monitor answered).
     pub attached: Vec<Attachment>,
+    /// For an attach: the port it would use (`Ok`), or why there is none
+    /// (`Err`, naming the ports); `None` when not asked
+    /// ([`Hotplug::free_port`]).
+    pub port: Option<Result<String, String>>,
 }
 
 /// What a VM's hypervisor says of one VF: read when an attach or detach a
@@ -100,6 +104,14 @@ pub trait Hotplug {
     /// Unplugs `vf` from `vm`; returns once the hypervisor confirms it is
     /// gone (QMP: `DEVICE_DELETED`).
     fn detach(&self, vm: &VmRef, vf: Bdf) -> Result<(), HotplugError>;
+    /// The port an attach to `vm` would use now (`Ok`), or why there is
+    /// none (`Err`, naming the ports), so a dry run can say it and a
+    /// refusal comes before anything is woken. `None` when this hypervisor
+    /// has no ports to ask about (the simulations) or could not be asked.
+    fn free_port(&self, vm: &VmRef) -> Option<Result<String, String>> {
+        let _ = vm;
+        None
+    }
     /// What `vm`'s hypervisor says of `vf` now; `Err` says why it could
     /// not be asked. By default from [`vm_facts`](Self::vm_facts), taking
     /// a listed device as on the bus; this relies on `vm_facts` returning
@@ -177,6 +189,13 @@ pub enum VmRefusal {
         /// Its class.
         class: String,
     },
+    /// The VM has no free hot-plug port vpm may use.
+    NoFreePort {
+        /// The VM.
+        vm: VmRef,
+        /// Why, naming the VM and its ports as the hypervisor listed them.
+        why: String,
+    },
     /// The VF is already hot-plugged into the VM.
     AlreadyAttached {
         /// The VM.
@@ -230,6 +249,7 @@ impl fmt::Display for VmRefusal {
                 "{vm} is in class \"{class}\", whose devices vpm never takes back \
                  (detach = false)"
             ),
+            VmRefusal::NoFreePort { why, .. } => f.write_str(why),
             VmRefusal::AlreadyAttached { vm, vf } => {
                 write!(f, "{vf} is already attached to {vm}")
             }
@@ -272,6 +292,12 @@ pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRe
         }
         // `max_attached` bounds what vpm plugs, not what the VM was started with.
         let by_vpm = vm.attached.iter().filter(|a| a.by_vpm()).count();
+        if let Some(Err(why)) = &vm.port {
+            out.push(VmRefusal::NoFreePort {
+                vm: who.clone(),
+                why: why.clone(),
+            });
+        }
         if found.is_some() {
             out.push(VmRefusal::AlreadyAttached { vm: who, vf });
         } else if by_vpm >= class.class.max_attached as usize {
@@ -312,9 +338,14 @@ pub fn steps(action: &Action, vm: &VmFacts) -> Vec<Step> {
     match action {
         Action::Attach { vm: who, vf } => vec![
             planned(format!("{vf}: power/control=on → D0")),
-            planned(format!(
-                "QMP {monitor}: device_add vfio-pci host={vf} onto a free hot-plug port"
-            )),
+            planned(match &vm.port {
+                Some(Ok(port)) => {
+                    format!("QMP {monitor}: device_add vfio-pci host={vf} onto port {port}")
+                }
+                _ => format!(
+                    "QMP {monitor}: device_add vfio-pci host={vf} onto a free hot-plug port"
+                ),
+            }),
             planned(format!(
                 "check that pid {} holds {vf} through VFIO",
                 who.pid
@@ -450,5 +481,115 @@ fn timed(what: String, started: Instant) -> Step {
     Step {
         what,
         elapsed_ms: Some(started.elapsed().as_secs_f64() * 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bdf(s: &str) -> Bdf {
+        s.parse().unwrap()
+    }
+
+    fn facts(attached: Vec<Attachment>, port: Option<Result<String, String>>) -> VmFacts {
+        VmFacts {
+            vm: VmRef {
+                name: "web-1".into(),
+                pid: 42,
+            },
+            libvirt: false,
+            monitor: Ok("/run/web-1.qmp".into()),
+            attached,
+            port,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy::parse(
+            "[devices]\nallow = [\"0000:01:00.0\"]\n[classes.hp]\nhotplug = true\n\
+             [vms]\ndefault = \"hp\"\n",
+            "t".as_ref(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_attach_needs_a_free_port_and_the_dry_run_names_it() {
+        let vf = bdf("0000:01:00.1");
+        let attach = Action::Attach {
+            vm: VmRef {
+                name: "web-1".into(),
+                pid: 42,
+            },
+            vf,
+        };
+        let p = policy();
+        let none = facts(
+            Vec::new(),
+            Some(Err(
+                "VM web-1 has no free hot-plug port (ports: rp1 in use)".into(),
+            )),
+        );
+        let refusals = check(&attach, Some(&p), &none);
+        assert!(
+            matches!(refusals.as_slice(), [VmRefusal::NoFreePort { .. }]),
+            "{refusals:?}"
+        );
+        assert!(refusals[0].to_string().contains("rp1 in use"));
+        let free = facts(Vec::new(), Some(Ok("rp2".into())));
+        assert!(check(&attach, Some(&p), &free).is_empty());
+        let steps = steps(&attach, &free);
+        assert!(steps[1].what.ends_with("onto port rp2"), "{steps:?}");
+        // Not asked (a simulated hypervisor): no refusal, no port named.
+        let unknown = facts(Vec::new(), None);
+        assert!(check(&attach, Some(&p), &unknown).is_empty());
+        assert!(steps_of(&attach, &unknown).contains("onto a free hot-plug port"));
+    }
+
+    #[test]
+    fn the_command_lines_vfs_do_not_count_against_max_attached() {
+        let vf = bdf("0000:01:00.2");
+        let attach = Action::Attach {
+            vm: VmRef {
+                name: "web-1".into(),
+                pid: 42,
+            },
+            vf,
+        };
+        let own = Attachment {
+            id: "hostdev0".into(),
+            vf: bdf("0000:01:00.1"),
+            port: None,
+        };
+        let p = policy();
+        assert!(check(&attach, Some(&p), &facts(vec![own.clone()], None)).is_empty());
+        let plugged = Attachment {
+            id: device_id_for_test(bdf("0000:01:00.3")),
+            ..own
+        };
+        let refusals = check(&attach, Some(&p), &facts(vec![plugged], None));
+        assert!(
+            matches!(
+                refusals.as_slice(),
+                [VmRefusal::AtLimit { max: 1, has: 1, .. }]
+            ),
+            "{refusals:?}"
+        );
+    }
+
+    fn steps_of(action: &Action, vm: &VmFacts) -> String {
+        steps(action, vm)
+            .into_iter()
+            .map(|s| s.what)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn device_id_for_test(vf: Bdf) -> String {
+        format!(
+            "{DEVICE_ID_PREFIX}{}",
+            vf.to_string().replace([':', '.'], "-")
+        )
     }
 }

@@ -139,7 +139,10 @@ pub fn execute_with(
     let mut refusals = guard::check(&action, &facts);
     let vm_facts = match (action.vm(), hypervisor) {
         (Some(vm), Some(hv)) => {
-            let vm_facts = hv.vm_facts(vm);
+            let mut vm_facts = hv.vm_facts(vm);
+            if matches!(action, Action::Attach { .. }) && vm_facts.monitor.is_ok() {
+                vm_facts.port = hv.free_port(vm);
+            }
             refusals.extend(
                 hotplug::check(&action, policy, &vm_facts)
                     .into_iter()

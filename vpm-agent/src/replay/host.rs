@@ -686,6 +686,7 @@ impl Hotplug for SimHypervisor<'_> {
             libvirt: false,
             monitor: Ok("simulated".into()),
             attached,
+            port: None,
         }
     }
 
