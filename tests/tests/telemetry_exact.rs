@@ -215,3 +215,68 @@ fn concurrent_guests_are_counted_exactly_and_agree_with_perf() {
         );
     }
 }
+
+#[test]
+fn another_vms_exit_does_not_take_counts_from_a_live_one() {
+    // A runs its MMIO on CPU 0, so its count sits in CPU 0's cache slot,
+    // then moves to CPU 1 and does the rest there: CPU 0's slot is never
+    // rewritten. B runs on CPU 1 and exits; pruning it moves the slots'
+    // generation on. Every one of A's events must be in the ticks' deltas: the
+    // old slot still holds CPU 0's exact count (distrusting it made A's
+    // total fall back to the hash's stale value, and its next events were
+    // absorbed as if already counted).
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+    let mut monitor = Monitor::start(&MonitorOptions::default()).expect("vpm attaches");
+    let mut a = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(vpm_tests::bin("vpm-testvm"))
+        .args(["-name", "guest=pinned", "--mmio", "0x100000:100"])
+        .args(["--repeat", "20", "--pause-ms", "100", "--hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("guest runs");
+    let a_pid = a.id();
+    let mut counted = 0u64;
+    let mut tick = |m: &mut Monitor, t: f64| {
+        let tick = m.tick(t).expect("tick");
+        counted += tick
+            .vms
+            .iter()
+            .filter(|v| v.info.pid == a_pid)
+            .filter_map(|v| v.delta.as_ref())
+            .map(|d| d.total(EventKind::Mmio).count)
+            .sum::<u64>();
+    };
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    tick(&mut monitor, 0.0);
+    let moved = Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &a_pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("taskset");
+    assert!(moved.success());
+    let b = HeldVm::start(
+        &["-name", "guest=brief", "--pio", "0x70:10"],
+        Some(&["taskset", "-c", "1"]),
+    )
+    .expect("guest runs");
+    b.release().expect("B exits");
+    let before = monitor.pruned_entries();
+    tick(&mut monitor, 1.0);
+    tick(&mut monitor, 2.0);
+    assert!(monitor.pruned_entries() > before, "B was pruned");
+    // A's report: its workload is done.
+    let mut line = String::new();
+    std::io::BufReader::new(a.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("report");
+    let report: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(report["mmio_exits"], 2000, "{report}");
+    tick(&mut monitor, 3.0);
+    tick(&mut monitor, 4.0);
+    assert_eq!(counted, 2000, "A's MMIO events over the ticks");
+    drop(a.stdin.take());
+    let _ = a.wait();
+}

@@ -211,6 +211,8 @@ pub struct Telemetry {
     function_source: String,
     btf: BtfSource,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Which processes each generation bump pruned (see [`snapshot::PruneLog`]).
+    prunes: snapshot::PruneLog,
 }
 
 impl Telemetry {
@@ -301,6 +303,7 @@ impl Telemetry {
             function_source,
             btf: btf_source,
             logger,
+            prunes: snapshot::PruneLog::default(),
         })
     }
 
@@ -347,7 +350,7 @@ impl Telemetry {
             })?);
         }
         let second = self.cache_slots()?;
-        let slots = snapshot::trusted_slots(&first, &second, generation);
+        let slots = snapshot::trusted_slots(&first, &second, generation, &self.prunes);
         for (key, values) in hash {
             let kind_slots = slots.get(key.kind as usize).map_or(&[][..], Vec::as_slice);
             snap.counters
@@ -410,8 +413,9 @@ impl Telemetry {
             }
         }
         // Cache slots loaded before this point may hold removed keys: stop
-        // trusting them (see `CacheSlot`).
-        self.bump_generation()?;
+        // trusting those (see `CacheSlot`, `PruneLog`).
+        let generation = self.bump_generation()?;
+        self.prunes.record(generation, tgids);
         Ok(removed)
     }
 
@@ -433,7 +437,8 @@ impl Telemetry {
         })
     }
 
-    fn bump_generation(&mut self) -> Result<(), TelemetryError> {
+    /// Raises the cache-slot generation by one; returns the new one.
+    fn bump_generation(&mut self) -> Result<u64, TelemetryError> {
         let next = self.generation()? + 1;
         let map = self
             .ebpf
@@ -444,11 +449,14 @@ impl Telemetry {
             op: "open",
             source,
         })?;
-        array.set(0, next, 0).map_err(|source| TelemetryError::Map {
-            map: maps::GENERATION,
-            op: "write",
-            source,
-        })
+        array
+            .set(0, next, 0)
+            .map_err(|source| TelemetryError::Map {
+                map: maps::GENERATION,
+                op: "write",
+                source,
+            })?;
+        Ok(next)
     }
 
     /// The programs' own health counters, summed over CPUs, indexed by [`Stat`].

@@ -5,7 +5,7 @@
 //! when the agent prunes an exited process, and reappear from zero if a pid is
 //! reused, so a counter that went down is treated as restarted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use vpm_common::{CacheSlot, Counter, CounterKey, EventKind, HistKey, exit::HIST_BUCKETS};
 
@@ -51,13 +51,60 @@ impl ProcessDelta {
     }
 }
 
+/// Generation bumps remembered by a [`PruneLog`]; a slot loaded longer ago is
+/// not trusted.
+const PRUNES_KEPT: usize = 256;
+
+/// Which processes the agent pruned at each of its latest generation bumps.
+/// A cache slot loaded in an older generation still holds its CPU's exact
+/// totals unless its key's process was pruned since (its entry is gone, or
+/// belongs to a new process that reused the pid): [`valid`](Self::valid)
+/// says which. Distrusting every older slot instead lost counts: a CPU that
+/// sees no more events of that kind keeps its slot unwritten, and the
+/// stale hash value stood in for it after any VM's exit.
+#[derive(Clone, Debug, Default)]
+pub struct PruneLog {
+    /// (generation the bump made, tgids pruned just before it), oldest first.
+    bumps: VecDeque<(u64, Vec<u32>)>,
+}
+
+impl PruneLog {
+    /// Records that `tgids` were pruned and the generation became `generation`.
+    pub fn record(&mut self, generation: u64, tgids: &[u32]) {
+        if self.bumps.len() == PRUNES_KEPT {
+            self.bumps.pop_front();
+        }
+        self.bumps.push_back((generation, tgids.to_vec()));
+    }
+
+    /// Whether a slot loaded in `loaded` with a key of `tgid` is valid in
+    /// generation `current`: the same generation, or every bump since is
+    /// remembered and none pruned `tgid`.
+    pub fn valid(&self, loaded: u64, tgid: u32, current: u64) -> bool {
+        if loaded == current {
+            return true;
+        }
+        if loaded > current {
+            return false;
+        }
+        let since: Vec<&(u64, Vec<u32>)> = self
+            .bumps
+            .iter()
+            .filter(|(g, _)| *g > loaded && *g <= current)
+            .collect();
+        since.len() as u64 == current - loaded && !since.iter().any(|(_, t)| t.contains(&tgid))
+    }
+}
+
 /// The slots (`[kind][cpu]`) that may be merged: read before and after the
 /// hash with the same even `seq` (not rewritten meanwhile) and loaded in the
-/// current `generation`; any other slot is replaced by an empty one.
+/// current `generation`, or in an older one whose key's process was not
+/// pruned since (`prunes`); any other slot is replaced by an empty one.
 pub fn trusted_slots(
     first: &[Vec<CacheSlot>],
     second: &[Vec<CacheSlot>],
     generation: u64,
+    prunes: &PruneLog,
 ) -> Vec<Vec<CacheSlot>> {
     first
         .iter()
@@ -66,7 +113,10 @@ pub fn trusted_slots(
             a.iter()
                 .zip(b)
                 .map(|(x, y)| {
-                    if x.seq % 2 == 0 && x.seq == y.seq && x.generation == generation {
+                    if x.seq % 2 == 0
+                        && x.seq == y.seq
+                        && prunes.valid(x.generation, x.key.tgid, generation)
+                    {
                         *x
                     } else {
                         CacheSlot::default()
@@ -267,11 +317,47 @@ mod tests {
         };
         let first = vec![vec![good, rewriting, old_gen, good]];
         let second = vec![vec![good, rewriting, old_gen, CacheSlot { seq: 6, ..good }]];
-        let t = trusted_slots(&first, &second, 2);
+        // Generation 2 came from pruning the slot's own process (tgid 7).
+        let mut prunes = PruneLog::default();
+        prunes.record(2, &[k.tgid]);
+        let t = trusted_slots(&first, &second, 2, &prunes);
         assert_eq!(t[0][0], good);
         for (cpu, slot) in t[0].iter().enumerate().skip(1) {
             assert_eq!(*slot, CacheSlot::default(), "cpu {cpu}");
         }
+        // Another process's exit made generation 2: the older slot still
+        // holds its CPU's exact totals (distrusting it lost counts).
+        let mut other = PruneLog::default();
+        other.record(2, &[k.tgid + 1]);
+        let t = trusted_slots(&first, &second, 2, &other);
+        assert_eq!(t[0][2], old_gen);
+        // A bump the log does not remember (before the agent started): not
+        // trusted.
+        let t = trusted_slots(&first, &second, 2, &PruneLog::default());
+        assert_eq!(t[0][2], CacheSlot::default());
+    }
+
+    #[test]
+    fn the_prune_log_covers_every_bump_since_a_slot_was_loaded() {
+        let mut log = PruneLog::default();
+        log.record(1, &[10]);
+        log.record(2, &[]);
+        log.record(3, &[20, 30]);
+        assert!(log.valid(3, 20, 3), "same generation");
+        assert!(log.valid(0, 40, 3));
+        assert!(!log.valid(0, 10, 3), "pruned at 1");
+        assert!(
+            log.valid(1, 10, 3),
+            "loaded after its pruning (a new process)"
+        );
+        assert!(!log.valid(2, 30, 3));
+        assert!(!log.valid(4, 40, 3), "from the future");
+        for g in 4..(4 + PRUNES_KEPT as u64) {
+            log.record(g, &[]);
+        }
+        let now = 3 + PRUNES_KEPT as u64;
+        assert!(!log.valid(0, 40, now), "older than the log");
+        assert!(log.valid(now - 10, 40, now));
     }
 
     #[test]
