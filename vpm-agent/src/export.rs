@@ -102,8 +102,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
 }
 
 /// Removes the oldest `<prefix>*.csv` files in `dir` beyond the newest `keep`.
-/// Names embed the unix time, so name order is age order.
-pub fn rotate(dir: &Path, prefix: &str, keep: usize) -> Result<usize, ExportError> {
+/// Names embed the unix time, so name order is age order. `written`, the
+/// file just exported, is always kept and counts as the newest: after a clock
+/// step back (or files from a clock ahead) its name sorts first, and it must
+/// not be the one removed.
+pub fn rotate(dir: &Path, prefix: &str, keep: usize, written: &Path) -> Result<usize, ExportError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(write_err(dir))?
         .filter_map(Result::ok)
@@ -113,9 +116,11 @@ pub fn rotate(dir: &Path, prefix: &str, keep: usize) -> Result<usize, ExportErro
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".csv"))
         })
+        .filter(|p| p.file_name() != written.file_name())
         .collect();
     files.sort();
-    let excess = files.len().saturating_sub(keep);
+    // The file just written takes one of the `keep` places.
+    let excess = files.len().saturating_sub(keep.saturating_sub(1));
     for old in files.iter().take(excess) {
         std::fs::remove_file(old).map_err(write_err(old))?;
     }
@@ -211,7 +216,11 @@ mod tests {
             std::fs::write(dir.path().join(format!("forecast-{t}.csv")), "").expect("write");
         }
         std::fs::write(dir.path().join("telemetry-50.csv"), "").expect("write");
-        assert_eq!(rotate(dir.path(), "forecast-", 2).expect("rotate"), 2);
+        let written = dir.path().join("forecast-400.csv");
+        assert_eq!(
+            rotate(dir.path(), "forecast-", 2, &written).expect("rotate"),
+            2
+        );
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -221,6 +230,18 @@ mod tests {
             left,
             ["forecast-300.csv", "forecast-400.csv", "telemetry-50.csv"]
         );
+        // Files from a clock ahead: the one just written stays anyway.
+        std::fs::write(dir.path().join("forecast-900.csv"), "").expect("write");
+        std::fs::write(dir.path().join("forecast-150.csv"), "").expect("write");
+        let written = dir.path().join("forecast-150.csv");
+        rotate(dir.path(), "forecast-", 2, &written).expect("rotate");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("forecast-"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["forecast-150.csv", "forecast-900.csv"]);
     }
 
     #[test]

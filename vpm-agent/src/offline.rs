@@ -108,6 +108,8 @@ pub struct Loaded {
     pub duplicate_rows_dropped: u64,
     /// Negative values read as 0 (only with clamping on).
     pub negative_clamped: u64,
+    /// Repeated header lines skipped (concatenated exports).
+    pub headers_skipped: u64,
     /// The regular series, in (vm, resource) order.
     #[serde(skip)]
     pub series: Vec<RegularSeries>,
@@ -211,6 +213,7 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
         out_of_order_rows,
         duplicate_rows_dropped,
         negative_clamped,
+        headers_skipped,
         ..
     } = trace.summary;
     Ok(Loaded {
@@ -221,6 +224,7 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
         out_of_order_rows,
         duplicate_rows_dropped,
         negative_clamped,
+        headers_skipped,
         series,
     })
 }

@@ -45,6 +45,9 @@ pub enum ServerError {
     /// Another agent answers at the socket.
     #[error("another vpm agent is already listening at {0}; stop it or use --socket")]
     InUse(PathBuf),
+    /// Something that is not a socket is at the path: vpm does not remove it.
+    #[error("{0} exists and is not a socket; vpm leaves it alone: remove it, or use --socket")]
+    NotASocket(PathBuf),
     /// Creating the socket failed.
     #[error("cannot listen at {path}")]
     Bind {
@@ -56,13 +59,18 @@ pub enum ServerError {
     },
 }
 
-/// Binds the socket at `path` with mode 0600, replacing a stale one.
+/// Binds the socket at `path` with mode 0600, replacing a stale socket
+/// (never another kind of file).
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    use std::os::unix::fs::FileTypeExt as _;
     let bind_err = |source| ServerError::Bind {
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket(path.to_path_buf()));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServerError::InUse(path.to_path_buf()));
         }
@@ -150,5 +158,31 @@ fn answer(shared: &Mutex<Shared>, request: &Request) -> Response {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_anything_else_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the socket should go: refused, kept.
+        let file = dir.path().join("notasocket");
+        std::fs::write(&file, "precious").unwrap();
+        let e = bind(&file).unwrap_err();
+        assert!(matches!(e, ServerError::NotASocket(_)), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+        // A socket nobody listens on: replaced, owner-only.
+        let path = dir.path().join("vpm.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Someone listening: in use.
+        let e = bind(&path).unwrap_err();
+        assert!(matches!(e, ServerError::InUse(_)), "{e}");
+        drop(listener);
     }
 }

@@ -28,6 +28,10 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    // A typo in -o must not cost the whole run.
+    if let Some(out) = &args.out {
+        vpm::export::check_writable(out)?;
+    }
     let loaded = args.input.load()?;
     let horizons = args.horizons.seconds();
     log::info!(

@@ -25,6 +25,10 @@ pub struct ForecastArgs {
 }
 
 pub fn run(args: &ForecastArgs) -> anyhow::Result<()> {
+    // A typo in -o must not cost the whole run.
+    if let Some(out) = &args.out {
+        vpm::export::check_writable(out)?;
+    }
     let loaded = args.input.load()?;
     let horizons = args.horizon.seconds();
     let all = offline::forecast_all(&loaded.series, &horizons, &ForecasterConfig::default())

@@ -622,7 +622,7 @@ fn export_forecasts(
         outlook.len(),
         path.display()
     );
-    vpm::export::rotate(dir, "forecast-", keep)?;
+    vpm::export::rotate(dir, "forecast-", keep, &path)?;
     Ok(())
 }
 
@@ -640,8 +640,9 @@ fn export_plans(
     // Written, the rows are exported: a failed rotation after it is logged,
     // not retried (that would export them twice).
     let write = |prefix: &str, text: &str| -> Result<(), vpm::export::ExportError> {
-        vpm::export::write_atomic(&dir.join(export_name(prefix, t)), text.as_bytes())?;
-        if let Err(e) = vpm::export::rotate(dir, prefix, keep) {
+        let path = dir.join(export_name(prefix, t));
+        vpm::export::write_atomic(&path, text.as_bytes())?;
+        if let Err(e) = vpm::export::rotate(dir, prefix, keep, &path) {
             log::error!("rotating {prefix}*.csv: {e}");
         }
         Ok(())
@@ -738,7 +739,7 @@ impl Exporter {
             .with_context(|| format!("exporting telemetry to {}", path.display()))?;
         log::debug!("exported {} rows to {}", self.rows.len(), path.display());
         self.rows.clear();
-        vpm::export::rotate(&self.dir, "telemetry-", self.keep)?;
+        vpm::export::rotate(&self.dir, "telemetry-", self.keep, &path)?;
         Ok(())
     }
 }

@@ -33,6 +33,8 @@
 //!   a series, rows may come in any order (concatenated exports, merged files):
 //!   they are sorted by time, and [`ReadSummary::out_of_order_rows`] counts the
 //!   rows that came earlier than a row before them.
+//! - **Repeated headers** (exports concatenated with `cat`): a later line that
+//!   is the header is skipped and counted in [`ReadSummary::headers_skipped`].
 //! - **Duplicates** (same series, same millisecond): an exact copy (same value)
 //!   is dropped and counted in [`ReadSummary::duplicate_rows_dropped`] (an export
 //!   concatenated twice); a conflicting one (different value) is an error naming
@@ -147,27 +149,28 @@ pub enum InputErrorKind {
     #[error("empty")]
     EmptyField,
     /// Not a number at all.
-    #[error("{text:?} is not a number")]
+    #[error("{} is not a number", shown(text))]
     NotANumber {
         /// The field.
         text: String,
     },
     /// NaN or infinite.
-    #[error("{text:?} is not a finite number")]
+    #[error("{} is not a finite number", shown(text))]
     NotFinite {
         /// The field.
         text: String,
     },
     /// Below zero.
     #[error(
-        "{text:?} is negative; values are rates or gauges (>= 0) (vpm forecast/eval --clamp-negative reads them as 0)"
+        "{} is negative; values are rates or gauges (>= 0) (vpm forecast/eval --clamp-negative reads them as 0)",
+        shown(text)
     )]
     Negative {
         /// The field.
         text: String,
     },
     /// Above the cap.
-    #[error("{text:?} is above the cap of {cap:e} (a unit mistake?)")]
+    #[error("{} is above the cap of {cap:e} (a unit mistake?)", shown(text))]
     TooLarge {
         /// The field.
         text: String,
@@ -176,32 +179,36 @@ pub enum InputErrorKind {
     },
     /// Neither unix seconds nor RFC 3339.
     #[error(
-        "{text:?} is not a timestamp: expected unix seconds (1764016609.250) or RFC 3339 (2026-11-24T10:00:00Z)"
+        "{} is not a timestamp: expected unix seconds (1764016609.250) or RFC 3339 (2026-11-24T10:00:00Z)",
+        shown(text)
     )]
     BadTimestamp {
         /// The field.
         text: String,
     },
     /// Before 1970.
-    #[error("{text:?} is before 1970 (unix seconds must be >= 0)")]
+    #[error("{} is before 1970 (unix seconds must be >= 0)", shown(text))]
     TimestampBefore1970 {
         /// The field.
         text: String,
     },
     /// Too far in the future (a number).
-    #[error("{text:?} is past the year 5138; timestamps are unix seconds, not milliseconds")]
+    #[error(
+        "{} is past the year 5138; timestamps are unix seconds, not milliseconds",
+        shown(text)
+    )]
     TimestampTooLarge {
         /// The field.
         text: String,
     },
     /// Too far in the future (an RFC 3339 date).
-    #[error("{text:?} is past the year 5138, the latest date vpm reads")]
+    #[error("{} is past the year 5138, the latest date vpm reads", shown(text))]
     DateTooLate {
         /// The field.
         text: String,
     },
     /// Not a u32.
-    #[error("{text:?} is not a process id (an integer 0..=4294967295)")]
+    #[error("{} is not a process id (an integer 0..=4294967295)", shown(text))]
     BadPid {
         /// The field.
         text: String,
@@ -292,6 +299,7 @@ pub struct Records<R> {
     ends: Vec<usize>,
     rows: u64,
     blank_lines: u64,
+    headers_skipped: u64,
     done: bool,
 }
 
@@ -308,22 +316,13 @@ impl<R: BufRead> Records<R> {
             ends: Vec::new(),
             rows: 0,
             blank_lines: 0,
+            headers_skipped: 0,
             done: false,
         };
         let Some(line) = me.next_fields()? else {
             return Err(me.error(Some(1), None, InputErrorKind::Empty));
         };
-        let mut header_ok = me.ends.len() == COLUMNS.len();
-        if header_ok {
-            for (i, name) in COLUMNS.iter().enumerate() {
-                let text = me.field_str(i, line)?;
-                let text = text.trim();
-                if !text.eq_ignore_ascii_case(name) {
-                    header_ok = false;
-                }
-            }
-        }
-        if !header_ok {
+        if !me.is_header(line)? {
             let found: String = String::from_utf8_lossy(&me.raw)
                 .trim_end()
                 .chars()
@@ -332,6 +331,25 @@ impl<R: BufRead> Records<R> {
             return Err(me.error(Some(line), None, InputErrorKind::Header { found }));
         }
         Ok(me)
+    }
+
+    /// Whether the current record is the header (the column names, in any
+    /// case, fields trimmed).
+    fn is_header(&self, line: u64) -> Result<bool, InputError> {
+        if self.ends.len() != COLUMNS.len() {
+            return Ok(false);
+        }
+        for (i, name) in COLUMNS.iter().enumerate() {
+            if !self.field_str(i, line)?.trim().eq_ignore_ascii_case(name) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Header lines skipped after the first (exports concatenated with `cat`).
+    pub fn headers_skipped(&self) -> u64 {
+        self.headers_skipped
     }
 
     /// The file name used in errors.
@@ -359,11 +377,23 @@ impl<R: BufRead> Records<R> {
     }
 
     /// Reads one physical line, appending to `raw`; `Ok(false)` at end of file.
+    /// A record past [`MAX_RECORD_BYTES`] is an error before it is all read
+    /// (a file without newlines must not fill the memory).
     fn read_line(&mut self) -> Result<bool, InputError> {
-        match self.src.read_until(b'\n', &mut self.raw) {
+        let room = (MAX_RECORD_BYTES + 1).saturating_sub(self.raw.len()) as u64;
+        match std::io::Read::take(&mut self.src, room).read_until(b'\n', &mut self.raw) {
             Ok(0) => Ok(false),
             Ok(_) => {
                 self.line += 1;
+                if self.raw.len() > MAX_RECORD_BYTES && self.raw.last() != Some(&b'\n') {
+                    return Err(self.error(
+                        Some(self.line),
+                        None,
+                        InputErrorKind::RecordTooLong {
+                            limit: MAX_RECORD_BYTES,
+                        },
+                    ));
+                }
                 Ok(true)
             }
             Err(e) => Err(self.error(Some(self.line + 1), None, InputErrorKind::Read(e))),
@@ -478,7 +508,22 @@ impl<R: BufRead> Iterator for Records<R> {
         if self.done {
             return None;
         }
-        let result = match self.next_fields() {
+        let mut next = self.next_fields();
+        // Exports concatenated with `cat` repeat the header: skip it.
+        while let Ok(Some(line)) = next {
+            match self.is_header(line) {
+                Ok(true) => {
+                    self.headers_skipped += 1;
+                    next = self.next_fields();
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    next = Err(e);
+                    break;
+                }
+            }
+        }
+        let result = match next {
             Ok(Some(line)) => self.parse_current(line),
             Ok(None) => {
                 self.done = true;
@@ -585,6 +630,14 @@ fn split_fields(
 }
 
 /// Parses a timestamp (unix seconds or RFC 3339) to unix milliseconds.
+/// A field as errors show it: quoted, at most 80 characters.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
 pub fn parse_timestamp(text: &str) -> Result<i64, InputErrorKind> {
     let t = text.trim();
     if t.is_empty() {
@@ -790,6 +843,8 @@ pub struct ReadSummary {
     pub first_clamped_line: Option<u64>,
     /// Blank lines skipped.
     pub blank_lines: u64,
+    /// Header lines skipped after the first (concatenated exports).
+    pub headers_skipped: u64,
 }
 
 /// A whole long CSV, by series.
@@ -844,6 +899,8 @@ pub fn read<R: BufRead>(src: R, file: &str, opts: &ReadOptions) -> Result<Trace,
         pid: u32,
         /// (ms, value, line)
         samples: Vec<(i64, f64, u64)>,
+        /// The latest time read so far.
+        latest: i64,
     }
     let mut records = Records::new(src, file, opts.clone())?;
     let mut index: HashMap<String, HashMap<String, usize>> = HashMap::new();
@@ -871,23 +928,23 @@ pub fn read<R: BufRead>(src: R, file: &str, opts: &ReadOptions) -> Result<Trace,
                     resource: rec.row.resource.clone(),
                     pid: rec.row.pid,
                     samples: Vec::new(),
+                    latest: i64::MIN,
                 });
                 accs.len() - 1
             }
         };
         let Some(acc) = accs.get_mut(i) else { continue };
         acc.pid = rec.row.pid;
-        if acc
-            .samples
-            .last()
-            .is_some_and(|&(t, _, _)| rec.timestamp_ms < t)
-        {
+        // Earlier than any row before it, not only the one just before.
+        if rec.timestamp_ms < acc.latest {
             summary.out_of_order_rows += 1;
         }
+        acc.latest = acc.latest.max(rec.timestamp_ms);
         acc.samples
             .push((rec.timestamp_ms, rec.row.value, rec.line));
     }
     summary.blank_lines = records.blank_lines();
+    summary.headers_skipped = records.headers_skipped();
 
     let mut series = Vec::with_capacity(accs.len());
     for mut acc in accs {
@@ -1165,7 +1222,38 @@ mod tests {
         ))
         .expect("read");
         assert_eq!(t.get("a", "cpu").expect("a").values, vec![1.0, 2.0, 3.0]);
-        assert_eq!(t.summary.out_of_order_rows, 1);
+        // a's 0 and 10 both came after its 20 (not only the row just before).
+        assert_eq!(t.summary.out_of_order_rows, 2);
+    }
+
+    #[test]
+    fn a_record_without_an_end_stops_at_the_limit_and_errors_are_short() {
+        // No newline for more than the limit: an error, not all of it read.
+        let long = format!(
+            "{H}1700000000,a,1,cpu,{}",
+            "9".repeat(MAX_RECORD_BYTES + 10)
+        );
+        let e = read_str(&long).expect_err("too long");
+        assert!(e.to_string().contains("t.csv:2"), "{e}");
+        assert!(
+            matches!(*e.kind, InputErrorKind::RecordTooLong { .. }),
+            "{e}"
+        );
+        // A long field is cut in the message.
+        let e = read_str(&format!("{H}1700000000,a,1,cpu,{}\n", "x".repeat(5000)))
+            .expect_err("not a number");
+        assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    }
+
+    #[test]
+    fn concatenated_exports_repeat_their_header() {
+        let one = format!("{H}1700000000,a,1,cpu,1\n");
+        let t = read_str(&format!("{one}{one}{H}1700000010,a,1,cpu,2\n")).expect("read");
+        assert_eq!(t.get("a", "cpu").expect("a").values.len(), 2);
+        assert_eq!(t.summary.headers_skipped, 2);
+        assert_eq!(t.summary.duplicate_rows_dropped, 1);
+        // A header with nothing after it is still "no rows".
+        assert!(read_str(&format!("{H}{H}")).is_err());
     }
 
     #[test]
