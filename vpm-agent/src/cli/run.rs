@@ -216,6 +216,8 @@ async fn agent(
         .tick(unix_now())
         .context("reading telemetry failed")?;
     let listener = server::bind(&args.socket)?;
+    // Removed on every way out, an early error included.
+    let _socket = RemoveOnDrop(args.socket.clone());
     log::info!("serving on {}", args.socket.display());
     let shared = Arc::new(Mutex::new(server::Shared {
         history: History::new(args.history.as_secs_f64()),
@@ -317,9 +319,17 @@ async fn agent(
         log::error!("{e:#}");
     }
     forecaster.stop(t);
-    let _ = std::fs::remove_file(&args.socket);
     log::info!("stopped");
     result
+}
+
+/// Removes the agent's socket when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn pipeline_config(args: &RunArgs) -> PipelineConfig {
@@ -328,7 +338,10 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
     cfg.store = StoreConfig {
         // The forecasters keep their own history; the store's full-resolution
         // tier only has to bridge export intervals (the 5-minute tier keeps 8 days).
-        fine_retention_s: (3.0 * args.export_interval.as_secs_f64()).max(900.0),
+        // (At least a few steps: a long --step must not find the tier too short.)
+        fine_retention_s: (3.0 * args.export_interval.as_secs_f64())
+            .max(900.0)
+            .max(4.0 * step),
         ..StoreConfig::with_step(step)
     };
     cfg.forecaster.history_cap = ((args.forecast_history.as_secs_f64() / step) as usize).max(16);
