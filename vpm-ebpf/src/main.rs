@@ -305,10 +305,26 @@ fn on_kvm_entry<C>(_ctx: &C) -> u32 {
                 tgid: current_tgid(),
                 bucket,
             };
-            if let Some(slot) = EXIT_HIST.get_ptr_mut(&key) {
-                // SAFETY: this CPU's slot of a per-CPU map; migration is disabled.
-                unsafe { *slot += 1 };
-            } else if EXIT_HIST.insert(&key, &1, BPF_NOEXIST.into()).is_err() {
+            // Twice: another CPU may create the entry between our lookup
+            // and our insert (EEXIST); then add to it.
+            let mut counted = false;
+            for _ in 0..2 {
+                if let Some(slot) = EXIT_HIST.get_ptr_mut(&key) {
+                    // SAFETY: this CPU's slot of a per-CPU map; migration is disabled.
+                    unsafe { *slot += 1 };
+                    counted = true;
+                    break;
+                }
+                match EXIT_HIST.insert(&key, &1, BPF_NOEXIST.into()) {
+                    Ok(()) => {
+                        counted = true;
+                        break;
+                    }
+                    Err(e) if e == -EEXIST => continue,
+                    Err(_) => break,
+                }
+            }
+            if !counted {
                 bump_stat(Stat::HistMapFull);
             }
         }
