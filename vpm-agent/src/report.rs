@@ -200,7 +200,7 @@ impl Window {
                     events,
                     rates,
                     devices,
-                    host: host_rates(acc.host_first.as_ref(), acc.host_last.as_ref()),
+                    host: host_rates(acc.host_first.as_ref(), acc.host_last.as_ref(), self.end),
                     exit_time_hist,
                 }
             })
@@ -209,12 +209,25 @@ impl Window {
     }
 }
 
-fn host_rates(first: Option<&(f64, HostSample)>, last: Option<&(f64, HostSample)>) -> HostReport {
+/// Rates between the first and last host samples of the window, and the
+/// gauges (memory, taps) of the last one only if it was read at the window's
+/// `end`: a VM whose sample could not be read in the latest tick (it exited)
+/// has no current memory to show.
+fn host_rates(
+    first: Option<&(f64, HostSample)>,
+    last: Option<&(f64, HostSample)>,
+    end: Option<f64>,
+) -> HostReport {
     let Some((t1, last)) = last else {
         return HostReport::default();
     };
-    let mem_bytes = last.mem_bytes;
-    let taps = last.taps.clone();
+    let current = end.is_none_or(|e| (e - t1).abs() < 1e-9);
+    let mem_bytes = last.mem_bytes.filter(|_| current);
+    let taps = if current {
+        last.taps.clone()
+    } else {
+        Vec::new()
+    };
     let Some((t0, first)) = first else {
         return HostReport {
             mem_bytes,
@@ -439,6 +452,12 @@ mod tests {
         assert_eq!(host.disk_read_bytes_per_s, Some(1000.0));
         assert_eq!(host.net_rx_bytes_per_s, Some(0.0));
         assert_eq!(host.disk_write_bytes_per_s, None);
+        // The next tick could not read it (it exited): no memory is shown
+        // from the older sample.
+        w.observe(6.0, &info(1), None, None);
+        let host = &w.report().vms[0].host;
+        assert_eq!(host.mem_bytes, None);
+        assert_eq!(host.cpu, Some(0.5), "rates between the samples it had");
     }
 
     #[test]
