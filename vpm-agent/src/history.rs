@@ -36,7 +36,10 @@ impl Tick {
     }
 }
 
-/// Recent ticks, oldest first, no older than `max_age_s` behind the newest.
+/// Recent ticks, oldest first, no older than `max_age_s` behind the newest,
+/// except the one before the newest, always kept: it is the baseline of the
+/// newest tick's rates (after a stall longer than `max_age_s` the newest
+/// tick's window would otherwise cover nothing and show its events as 0).
 #[derive(Debug)]
 pub struct History {
     ticks: VecDeque<Tick>,
@@ -56,10 +59,11 @@ impl History {
     pub fn push(&mut self, tick: Tick) {
         let newest = tick.at;
         self.ticks.push_back(tick);
-        while self
-            .ticks
-            .front()
-            .is_some_and(|t| newest - t.at > self.max_age_s)
+        while self.ticks.len() > 2
+            && self
+                .ticks
+                .front()
+                .is_some_and(|t| newest - t.at > self.max_age_s)
         {
             self.ticks.pop_front();
         }
@@ -165,6 +169,14 @@ mod tests {
             h.push(tick(f64::from(i), 1));
         }
         assert_eq!(h.len(), 11);
+        // A stall longer than the history: the tick before the newest stays,
+        // so the newest tick's rates are over the real gap, not 0.
+        h.push(tick(100.0, 62));
+        assert_eq!(h.len(), 2);
+        let r = h.last_tick().report();
+        assert_eq!(r.window_s, 71.0);
+        assert_eq!(r.vms[0].events["pio"], 62);
+        assert!((r.vms[0].rates["pio_per_s"] - 62.0 / 71.0).abs() < 1e-9);
     }
 
     #[test]
