@@ -280,3 +280,24 @@ fn another_vms_exit_does_not_take_counts_from_a_live_one() {
     drop(a.stdin.take());
     let _ = a.wait();
 }
+
+#[test]
+fn two_vms_with_one_name_are_told_apart() {
+    // Two guests started with the same -name: the second is shown as
+    // NAME#PID, so their CSV series stay apart (vpm's own reader refuses one
+    // series with two values at one time).
+    let mut monitor = Monitor::start(&MonitorOptions::default()).expect("vpm attaches");
+    let first = HeldVm::start(&["-name", "guest=twin", "--pio", "0x70:5"], None).expect("runs");
+    monitor.tick(0.0).expect("tick");
+    let second = HeldVm::start(&["-name", "guest=twin", "--pio", "0x70:7"], None).expect("runs");
+    let tick = monitor.tick(1.0).expect("tick");
+    let name_of = |pid: u32| {
+        tick.vms
+            .iter()
+            .find(|v| v.info.pid == pid)
+            .map(|v| v.info.name.clone())
+            .expect("listed")
+    };
+    assert_eq!(name_of(first.pid), "twin");
+    assert_eq!(name_of(second.pid), format!("twin#{}", second.pid));
+}

@@ -158,7 +158,8 @@ impl Monitor {
             Ok(vmms) => {
                 for id in vmms {
                     vmm_pids.push(id.pid);
-                    self.names.insert(id.pid, info_of(&id));
+                    let info = self.unique(info_of(&id));
+                    self.names.insert(id.pid, info);
                 }
             }
             Err(e) => log::warn!("cannot list processes: {e}"),
@@ -204,7 +205,7 @@ impl Monitor {
                 Some(info) => info.clone(),
                 None => match identity::identify(&self.opts.proc_root, pid) {
                     Ok(id) => {
-                        let info = info_of(&id);
+                        let info = self.unique(info_of(&id));
                         self.names.insert(pid, info.clone());
                         info
                     }
@@ -245,6 +246,26 @@ impl Monitor {
             self.names.remove(t);
         }
         Ok(Tick { at, vms })
+    }
+
+    /// `info` with a name no other live process shows: a process whose name
+    /// another one already has (two VMs started with the same `-name`, names
+    /// alike in their first 64 characters) is shown as `NAME#PID`, so the
+    /// CSV's series stay apart. A process keeps the name it was first shown
+    /// with.
+    fn unique(&self, mut info: VmInfo) -> VmInfo {
+        if let Some(known) = self.names.get(&info.pid) {
+            info.name = known.name.clone();
+            return info;
+        }
+        if self
+            .names
+            .iter()
+            .any(|(pid, other)| *pid != info.pid && other.name == info.name)
+        {
+            info.name = format!("{}#{}", info.name, info.pid);
+        }
+        info
     }
 
     /// Names the devices of this tick's vfio interrupts and moves the kernel's
