@@ -60,6 +60,9 @@ pub struct Monitor {
     /// IRQ → PCI address of vfio interrupts seen so far (kept for IRQs freed
     /// before the tick that reads their last events).
     irq_names: BTreeMap<u32, u32>,
+    /// Events the programs dropped because the counter map was full, as last
+    /// read (a rise is logged).
+    dropped: u64,
 }
 
 /// How the kernel's own events are shown.
@@ -95,6 +98,7 @@ impl Monitor {
             pruned_entries: 0,
             exited: Vec::new(),
             irq_names: BTreeMap::new(),
+            dropped: 0,
         })
     }
 
@@ -150,6 +154,7 @@ impl Monitor {
     /// Reads everything once; `at` is the tick's end in unix seconds.
     pub fn tick(&mut self, at: f64) -> Result<Tick, MonitorError> {
         let snap = self.telemetry.snapshot()?;
+        self.check_dropped();
         let mut deltas = telemetry::diff(&self.prev, &snap);
 
         // Every process with events this tick, every known VMM, every VM seen before.
@@ -246,6 +251,26 @@ impl Monitor {
             self.names.remove(t);
         }
         Ok(Tick { at, vms })
+    }
+
+    /// Logs when the programs dropped events since the last tick because the
+    /// counter map was full (distinct keys past its size: a guest touching
+    /// very many MMIO pages, thousands of VMs): those counts are missing.
+    fn check_dropped(&mut self) {
+        let Ok(stats) = self.telemetry.stats() else {
+            return;
+        };
+        let now = stats[vpm_common::Stat::CounterMapFull as usize];
+        if now > self.dropped {
+            log::warn!(
+                "{} events were not counted since the last tick: the counter map is full \
+                 ({} keys of (process, kind, device)); the counts of new keys are missing \
+                 until processes exit and their keys are freed",
+                now - self.dropped,
+                vpm_common::MAX_COUNTER_ENTRIES
+            );
+        }
+        self.dropped = now;
     }
 
     /// `info` with a name no other live process shows: a process whose name
