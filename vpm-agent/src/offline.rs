@@ -62,6 +62,33 @@ pub enum OfflineError {
         /// The last row's time.
         last: f64,
     },
+    /// The series together span more steps than vpm lays out.
+    #[error(
+        "{file}: its {series} series together span {points:.3e} steps of {step_s} s, more \
+         than vpm lays out ({max:.0e}); the longest, vm {vm:?} resource {resource:?}, runs \
+         from {first} to {last}: check for a stray timestamp far from the others, or give a \
+         larger --step"
+    )]
+    TooManyPointsTotal {
+        /// The file.
+        file: String,
+        /// Series in the file.
+        series: usize,
+        /// Steps they span together.
+        points: f64,
+        /// The limit.
+        max: f64,
+        /// The step.
+        step_s: f64,
+        /// The longest series' VM.
+        vm: String,
+        /// Its resource.
+        resource: String,
+        /// Its first row's time.
+        first: f64,
+        /// Its last row's time.
+        last: f64,
+    },
     /// Resampling failed.
     #[error("resampling {file}")]
     Store {
@@ -89,6 +116,10 @@ const MAX_STEP_S: f64 = 86_400.0;
 
 /// The most points per series a file may span (the store's limit).
 const MAX_POINTS: f64 = 1e8;
+
+/// The most steps all series together may span (each series is laid out
+/// step by step over its own span, gaps included): about 0.5 GB.
+const MAX_TOTAL_POINTS: f64 = 1e8;
 
 /// What was loaded.
 #[derive(Clone, Debug, Serialize)]
@@ -160,6 +191,28 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
             step_s,
             first,
             last,
+        });
+    }
+    // Each series is laid out over its own span: a stray row far from the
+    // rest costs its whole gap, in every series that has one.
+    let spans = trace.series.iter().filter_map(|s| {
+        let (a, b) = (*s.timestamps.first()?, *s.timestamps.last()?);
+        Some((s, a, b))
+    });
+    let total: f64 = spans.clone().map(|(_, a, b)| (b - a) / step_s + 1.0).sum();
+    if total > MAX_TOTAL_POINTS
+        && let Some((s, a, b)) = spans.max_by(|x, y| (x.2 - x.1).total_cmp(&(y.2 - y.1)))
+    {
+        return Err(OfflineError::TooManyPointsTotal {
+            file,
+            series: trace.series.len(),
+            points: total,
+            max: MAX_TOTAL_POINTS,
+            step_s,
+            vm: s.vm.clone(),
+            resource: s.resource.clone(),
+            first: a,
+            last: b,
         });
     }
     let cfg = StoreConfig {
@@ -530,6 +583,23 @@ mod tests {
             .to_string();
         assert!(
             msg.contains("far.csv") && msg.contains("stray timestamp") && msg.contains("--step"),
+            "{msg}"
+        );
+        // Under the per-series limit, but 30 series each with a row 40 days
+        // on: together far past what vpm lays out (it needed gigabytes).
+        let mut text = String::from("timestamp,vm,pid,resource,value\n");
+        for v in 0..30 {
+            for i in 0..20 {
+                text.push_str(&format!("{},vm{v},1,cpu,1\n", 1_700_000_000 + i));
+            }
+            text.push_str(&format!("{},vm{v},1,cpu,1\n", 1_700_000_000 + 40 * 86_400));
+        }
+        std::fs::write(&path, text).expect("write");
+        let msg = load(&path, Some(1.0), &ReadOptions::default())
+            .expect_err("total")
+            .to_string();
+        assert!(
+            msg.contains("30 series together") && msg.contains("stray timestamp"),
             "{msg}"
         );
     }
