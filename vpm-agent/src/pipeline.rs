@@ -118,6 +118,8 @@ pub struct Pipeline {
     last_selected: Option<SeriesKey>,
     /// The headroom of classes with a target under-provision rate.
     headroom: AdaptiveHeadroom<SeriesKey>,
+    /// When rows over the series limits were last logged (unix seconds).
+    limit_logged: Option<f64>,
 }
 
 fn phase_of(key: &SeriesKey) -> u64 {
@@ -137,6 +139,7 @@ impl Pipeline {
             tracked: HashMap::new(),
             last_selected: None,
             headroom: AdaptiveHeadroom::new(),
+            limit_logged: None,
         })
     }
 
@@ -158,11 +161,19 @@ impl Pipeline {
     /// Adds a tick's rows and closes the steps that ended before `now`.
     pub fn ingest(&mut self, rows: &[Row], now: f64) -> Result<(), PipelineError> {
         let report = self.store.ingest_rows(rows)?;
-        if report.rejected > 0 || report.over_limit > 0 {
-            log::debug!(
-                "store: {} rows rejected, {} over the series limits",
-                report.rejected,
-                report.over_limit
+        if report.rejected > 0 {
+            log::debug!("store: {} rows rejected", report.rejected);
+        }
+        // Series dropped for the limits go unforecast: said at most once a
+        // minute.
+        if report.over_limit > 0 && self.limit_logged.is_none_or(|t| now - t >= 60.0) {
+            self.limit_logged = Some(now);
+            log::warn!(
+                "store: {} rows dropped: past the limit of {} series ({} per VM), their series \
+                 are not kept or forecast",
+                report.over_limit,
+                self.cfg.store.max_series,
+                self.cfg.store.max_series_per_vm
             );
         }
         self.store.advance(now)?;

@@ -53,7 +53,9 @@
 //! - **Bounds.** At most [`StoreConfig::max_series`] series in all and
 //!   [`StoreConfig::max_series_per_vm`] per VM (a guest touching many MMIO pages
 //!   makes many `dev:mmio:*` series); rows of further series are counted in
-//!   [`IngestReport::over_limit`] and dropped. Series with nothing left inside the
+//!   [`IngestReport::over_limit`] and dropped; at the total limit a series with
+//!   nothing left at full resolution (its VM stopped reporting) gives its slot
+//!   to a new one first. Series with nothing left inside the
 //!   coarse retention are forgotten.
 
 pub mod input;
@@ -600,7 +602,7 @@ impl Store {
         {
             return Some((sid, e.id));
         }
-        if self.series.len() >= self.cfg.max_series {
+        if self.series.len() >= self.cfg.max_series && !self.free_a_stale_slot() {
             return None;
         }
         if !self.vms.contains_key(vm) {
@@ -735,15 +737,42 @@ impl Store {
             gone.retain(|sid| !waiting.contains(sid));
         }
         for sid in gone {
-            let Some(s) = self.series.remove(&sid) else {
-                continue;
-            };
-            if let Some(e) = self.vms.get_mut(&s.vm) {
-                e.series.remove(&s.resource);
-                if e.series.is_empty() {
-                    self.vms.remove(&s.vm);
-                }
+            self.remove_series(sid);
+        }
+    }
+
+    fn remove_series(&mut self, sid: u32) {
+        let Some(s) = self.series.remove(&sid) else {
+            return;
+        };
+        if let Some(e) = self.vms.get_mut(&s.vm) {
+            e.series.remove(&s.resource);
+            if e.series.is_empty() {
+                self.vms.remove(&s.vm);
             }
+        }
+    }
+
+    /// Frees the slot of one series with nothing left at full resolution
+    /// (its VM stopped reporting longer ago than the fine retention; only its
+    /// 5-minute history is left), so a live VM's new series is not dropped
+    /// for it. `false` when every series is live.
+    fn free_a_stale_slot(&mut self) -> bool {
+        let waiting: std::collections::HashSet<u32> = self.pending.sid.iter().copied().collect();
+        let stale = self
+            .series
+            .iter()
+            .filter(|(sid, s)| {
+                s.fine.is_empty() && s.first_step.is_some() && !waiting.contains(sid)
+            })
+            .map(|(sid, _)| *sid)
+            .min();
+        match stale {
+            Some(sid) => {
+                self.remove_series(sid);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -1090,6 +1119,38 @@ mod tests {
             .expect("ingest");
         assert_eq!((r.accepted, r.over_limit), (1, 1));
         assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn a_stopped_vms_series_give_their_slots_to_live_ones() {
+        // At the limit, once "old" has nothing left at full resolution (it
+        // stopped reporting), a new VM's series takes its slot instead of
+        // being dropped; while "old" is still recent, it is dropped.
+        let cfg = StoreConfig {
+            fine_retention_s: 60.0,
+            max_series: 2,
+            ..StoreConfig::with_step(10.0)
+        };
+        let mut s = Store::new(cfg).expect("config");
+        s.ingest_rows(&[row(T0, "old", "cpu", 1.0), row(T0, "live", "cpu", 1.0)])
+            .expect("ingest");
+        s.advance(T0 + 20.0).expect("advance");
+        let r = s
+            .ingest_rows(&[row(T0 + 20.0, "new", "cpu", 1.0)])
+            .expect("ingest");
+        assert_eq!((r.accepted, r.over_limit), (0, 1), "old is still recent");
+        for i in 3..20 {
+            let t = T0 + 10.0 * f64::from(i);
+            s.ingest_rows(&[row(t, "live", "cpu", 1.0)])
+                .expect("ingest");
+            s.advance(t + 10.0).expect("advance");
+        }
+        let t = T0 + 200.0;
+        let r = s.ingest_rows(&[row(t, "new", "cpu", 1.0)]).expect("ingest");
+        assert_eq!((r.accepted, r.over_limit), (1, 0));
+        let mut keys: Vec<String> = s.keys().into_iter().map(|k| k.vm).collect();
+        keys.sort();
+        assert_eq!(keys, ["live", "new"]);
     }
 
     #[test]
