@@ -229,10 +229,15 @@ pub fn sample_with_clock(
     }
     let mut out = HostSample::default();
 
-    // The VM cgroup, if any, and CPU from it.
+    // The VM cgroup, if any, and CPU from it (not for a kernel thread in it:
+    // the cgroup's counters are the VM's, which its VMM's row shows).
     let cgroup_file = p.dir.join("cgroup");
-    let vm_cgroup = p
-        .optional(&cgroup_file)?
+    let cgroup_text = if stat.is_kernel_thread() {
+        None
+    } else {
+        p.optional(&cgroup_file)?
+    };
+    let vm_cgroup = cgroup_text
         .and_then(|text| {
             let lines = cgroup::parse_cgroup(&text);
             let m = cgroup::machine_cgroup(cgroup::unified_path(&lines)?)?;

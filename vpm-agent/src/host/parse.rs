@@ -41,12 +41,21 @@ pub struct ProcStat {
     pub utime_ticks: u64,
     /// Field 15: system time, in clock ticks.
     pub stime_ticks: u64,
+    /// Field 9: the kernel's task flags.
+    pub flags: u64,
 }
 
 impl ProcStat {
     /// The process has exited and only waits to be reaped (or is being).
     pub fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
+    }
+
+    /// A kernel thread (`PF_KTHREAD`), such as a vhost worker before Linux
+    /// 6.4: it may sit in a VM's cgroup, but the cgroup's counters are the
+    /// VM's, not its own.
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & 0x0020_0000 != 0
     }
 }
 
@@ -74,6 +83,7 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
         state,
         utime_ticks: number("utime", field(11, "utime")?)?,
         stime_ticks: number("stime", field(12, "stime")?)?,
+        flags: number("flags", field(6, "flags")?)?,
     })
 }
 
@@ -198,9 +208,14 @@ mod tests {
             ProcStat {
                 state: 'S',
                 utime_ticks: 250,
-                stime_ticks: 75
+                stime_ticks: 75,
+                flags: 4194560
             }
         );
+        assert!(!s.is_kernel_thread());
+        // A vhost worker before Linux 6.4: PF_KTHREAD set.
+        let vhost = "900 (vhost-4242) S 2 0 0 0 -1 2129984 0 0 0 0 5 7 0 0 20 0 1 0 10 0 0";
+        assert!(parse_stat(vhost).unwrap().is_kernel_thread());
         let spaces = "7 (a b ) c) Z 1 7 7 0 -1 0 0 0 0 0 9 1 0 0";
         let s = parse_stat(spaces).unwrap();
         assert_eq!((s.state, s.utime_ticks, s.stime_ticks), ('Z', 9, 1));

@@ -170,7 +170,9 @@ pub fn identity_from(
         Vmm::CloudHypervisor => (None, cmdline::cloud_hypervisor_uuid(&args)),
         Vmm::Unknown => (None, None),
     };
-    let machine = cgroup.and_then(|text| {
+    // A kernel thread (no command line: a vhost worker before Linux 6.4)
+    // in a VM's cgroup is not the VM: it is named by its pid.
+    let machine = cgroup.filter(|_| !cmdline.is_empty()).and_then(|text| {
         cgroup::parse_cgroup(text)
             .iter()
             .find_map(|l| cgroup::machine_cgroup(l.path).map(|m| m.name))
@@ -310,6 +312,10 @@ mod tests {
         // An empty guest= falls through to the cgroup too.
         let id = identity_from(11, b"qemu-kvm\0-name\0guest=\0", None, Some(LIBVIRT_CGROUP));
         assert_eq!(id.name, "web-01");
+        // A kernel thread in the VM's cgroup (a vhost worker before Linux
+        // 6.4: no command line) is not the VM.
+        let id = identity_from(900, b"", None, Some(LIBVIRT_CGROUP));
+        assert_eq!((id.name.as_str(), id.libvirt), ("pid-900", false));
     }
 
     #[test]
