@@ -288,7 +288,15 @@ pub fn sample_with_clock(
         Some(dir) => {
             let path = dir.join("io.stat");
             match p.optional(&path)? {
-                Some(text) => Some(p.parse(&path, parse::parse_io_stat(&text))?),
+                Some(text) => {
+                    // A device with holders lies under another one (LVM,
+                    // dm-crypt, md): its bytes are the upper device's again.
+                    let top = |devno: &str| {
+                        std::fs::read_dir(sys_root.join("dev/block").join(devno).join("holders"))
+                            .map_or(true, |mut d| d.next().is_none())
+                    };
+                    Some(p.parse(&path, parse::parse_io_stat(&text, top))?)
+                }
                 None => None,
             }
         }

@@ -155,12 +155,17 @@ pub fn parse_u64(field: &'static str, text: &str) -> Result<u64, ParseError> {
     number(field, text)
 }
 
-/// Sums `rbytes` and `wbytes` over every device of a cgroup v2 `io.stat`
-/// (`MAJ:MIN rbytes=N wbytes=N rios=N ...` per line). An empty file (no I/O
-/// yet) is zero.
-pub fn parse_io_stat(text: &str) -> Result<IoBytes, ParseError> {
+/// Sums `rbytes` and `wbytes` over the devices of a cgroup v2 `io.stat`
+/// (`MAJ:MIN rbytes=N wbytes=N rios=N ...` per line) for which `counted`
+/// says yes (the caller leaves out devices stacked under another one: LVM,
+/// dm-crypt and md charge the same bytes again to the device below). An
+/// empty file (no I/O yet) is zero.
+pub fn parse_io_stat(text: &str, counted: impl Fn(&str) -> bool) -> Result<IoBytes, ParseError> {
     let mut sum = IoBytes::default();
     for line in text.lines() {
+        if !line.split_ascii_whitespace().next().is_some_and(&counted) {
+            continue;
+        }
         for kv in line.split_ascii_whitespace().skip(1) {
             match kv.split_once('=') {
                 Some(("rbytes", v)) => sum.read = sum.read.saturating_add(number("rbytes", v)?),
@@ -281,13 +286,18 @@ mod tests {
         let io = "8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n\
                   253:1 rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n";
         assert_eq!(
-            parse_io_stat(io).unwrap(),
+            parse_io_stat(io, |_| true).unwrap(),
             IoBytes {
                 read: 101,
                 write: 202
             }
         );
-        assert_eq!(parse_io_stat("").unwrap(), IoBytes::default());
+        // 8:0 under 253:1 (LVM): its bytes are 253:1's again.
+        assert_eq!(
+            parse_io_stat(io, |d| d != "8:0").unwrap(),
+            IoBytes { read: 1, write: 2 }
+        );
+        assert_eq!(parse_io_stat("", |_| true).unwrap(), IoBytes::default());
         assert_eq!(parse_u64("memory.current", "1048576\n").unwrap(), 1_048_576);
         assert!(parse_u64("memory.current", "max\n").is_err());
     }
