@@ -16,6 +16,9 @@
 //! - Commas, quotes and other printable characters are kept: they are legal
 //!   in libvirt domain names, and every writer quotes for its own format (the
 //!   CSV writer quotes fields per RFC 4180).
+//! - A name that starts with `=`, `+`, `-` or `@` gets a leading `'`, so a
+//!   spreadsheet opening vpm's CSV shows it as text instead of evaluating it
+//!   as a formula (CSV injection: a guest's owner may choose its name).
 //! - The result is at most [`MAX_NAME_CHARS`] `char`s. A longer name is cut
 //!   between escapes (never inside one) and ends in `…` (U+2026), which
 //!   counts toward the limit.
@@ -32,6 +35,9 @@ pub fn sanitize_name(raw: &[u8]) -> Option<String> {
         return None;
     }
     let mut out = Out::default();
+    if matches!(raw.first(), Some(b'=' | b'+' | b'-' | b'@')) {
+        out.push("'");
+    }
     'chunks: for chunk in raw.utf8_chunks() {
         for c in chunk.valid().chars() {
             if !out.push(&escape_char(c)) {
@@ -119,6 +125,15 @@ mod tests {
             Some("gäst-ü")
         );
         assert_eq!(sanitize_name(b"a,b \"c\"").as_deref(), Some("a,b \"c\""));
+    }
+
+    #[test]
+    fn a_name_a_spreadsheet_would_evaluate_is_shown_as_text() {
+        for raw in ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(1)"] {
+            let name = sanitize_name(raw.as_bytes()).expect("named");
+            assert_eq!(name, format!("'{raw}"));
+        }
+        assert_eq!(sanitize_name(b"web-1=a").as_deref(), Some("web-1=a"));
     }
 
     #[test]
