@@ -300,4 +300,14 @@ fn two_vms_with_one_name_are_told_apart() {
     };
     assert_eq!(name_of(first.pid), "twin");
     assert_eq!(name_of(second.pid), format!("twin#{}", second.pid));
+    // The first exits (a restart looks the same): the second is the only
+    // "twin" now, and shown so.
+    first.release().expect("exits");
+    let tick = monitor.tick(2.0).expect("tick");
+    let name = tick
+        .vms
+        .iter()
+        .find(|v| v.info.pid == second.pid)
+        .map(|v| v.info.name.clone());
+    assert_eq!(name.as_deref(), Some("twin"));
 }

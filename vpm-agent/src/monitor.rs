@@ -273,21 +273,20 @@ impl Monitor {
         self.dropped = now;
     }
 
-    /// `info` with a name no other live process shows: a process whose name
-    /// another one already has (two VMs started with the same `-name`, names
-    /// alike in their first 64 characters) is shown as `NAME#PID`, so the
-    /// CSV's series stay apart. A process keeps the name it was first shown
-    /// with.
+    /// `info` with a name no other live process shows: while another live
+    /// process shows its name (two VMs started with the same `-name`, names
+    /// alike in their first 64 characters, the `kernel` row), it is shown as
+    /// `NAME#PID`, so the CSV's series stay apart; once it is the only one
+    /// (the other exited: a restart, `-daemonize`'s parent), it is shown as
+    /// `NAME` again.
     fn unique(&self, mut info: VmInfo) -> VmInfo {
-        if let Some(known) = self.names.get(&info.pid) {
-            info.name = known.name.clone();
-            return info;
-        }
-        if self
-            .names
-            .iter()
-            .any(|(pid, other)| *pid != info.pid && other.name == info.name)
-        {
+        let taken = info.name == kernel_info().name
+            || self.names.iter().any(|(pid, other)| {
+                *pid != info.pid
+                    && other.name == info.name
+                    && self.opts.proc_root.join(pid.to_string()).exists()
+            });
+        if taken {
             info.name = format!("{}#{}", info.name, info.pid);
         }
         info
