@@ -351,6 +351,15 @@ impl Telemetry {
         }
         let second = self.cache_slots()?;
         let slots = snapshot::trusted_slots(&first, &second, generation, &self.prunes);
+        // Pruned processes older than every slot's load matter no more.
+        let oldest = first
+            .iter()
+            .flatten()
+            .filter(|s| s.cached_key().is_some())
+            .map(|s| s.generation)
+            .min()
+            .unwrap_or(generation);
+        self.prunes.forget_before(oldest);
         for (key, values) in hash {
             let kind_slots = slots.get(key.kind as usize).map_or(&[][..], Vec::as_slice);
             snap.counters

@@ -5,7 +5,7 @@
 //! when the agent prunes an exited process, and reappear from zero if a pid is
 //! reused, so a counter that went down is treated as restarted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use vpm_common::{CacheSlot, Counter, CounterKey, EventKind, HistKey, exit::HIST_BUCKETS};
 
@@ -51,48 +51,67 @@ impl ProcessDelta {
     }
 }
 
-/// Generation bumps remembered by a [`PruneLog`]; a slot loaded longer ago is
-/// not trusted.
-const PRUNES_KEPT: usize = 256;
+/// Pruned processes a [`PruneLog`] remembers at most; past it, the oldest
+/// are forgotten and slots loaded before them are no longer trusted.
+const PRUNED_KEPT: usize = 65_536;
 
-/// Which processes the agent pruned at each of its latest generation bumps.
+/// When the agent last pruned each process (the generation its bump made).
 /// A cache slot loaded in an older generation still holds its CPU's exact
 /// totals unless its key's process was pruned since (its entry is gone, or
 /// belongs to a new process that reused the pid): [`valid`](Self::valid)
 /// says which. Distrusting every older slot instead lost counts: a CPU that
-/// sees no more events of that kind keeps its slot unwritten, and the
-/// stale hash value stood in for it after any VM's exit.
+/// sees no more events of that kind keeps its slot unwritten, and the stale
+/// hash value stood in for it after any VM's exit. Entries no slot can be
+/// older than are dropped ([`forget_before`](Self::forget_before)).
 #[derive(Clone, Debug, Default)]
 pub struct PruneLog {
-    /// (generation the bump made, tgids pruned just before it), oldest first.
-    bumps: VecDeque<(u64, Vec<u32>)>,
+    /// tgid → the generation its pruning made.
+    pruned: BTreeMap<u32, u64>,
+    /// Slots loaded before this generation are not trusted (entries older
+    /// than it were dropped to bound the log).
+    floor: u64,
 }
 
 impl PruneLog {
     /// Records that `tgids` were pruned and the generation became `generation`.
     pub fn record(&mut self, generation: u64, tgids: &[u32]) {
-        if self.bumps.len() == PRUNES_KEPT {
-            self.bumps.pop_front();
+        for &t in tgids {
+            self.pruned.insert(t, generation);
         }
-        self.bumps.push_back((generation, tgids.to_vec()));
+        if self.pruned.len() > PRUNED_KEPT {
+            // Forget the older half; slots loaded before it lose trust.
+            let mut gens: Vec<u64> = self.pruned.values().copied().collect();
+            gens.sort_unstable();
+            let cut = gens[gens.len() / 2];
+            self.pruned.retain(|_, g| *g > cut);
+            self.floor = self.floor.max(cut);
+        }
+    }
+
+    /// Drops what no slot needs: entries at or below `oldest`, the oldest
+    /// generation of any slot that holds a key.
+    pub fn forget_before(&mut self, oldest: u64) {
+        self.pruned.retain(|_, g| *g > oldest);
     }
 
     /// Whether a slot loaded in `loaded` with a key of `tgid` is valid in
-    /// generation `current`: the same generation, or every bump since is
-    /// remembered and none pruned `tgid`.
+    /// generation `current`: the same generation, or `tgid` was not pruned
+    /// after it was loaded.
     pub fn valid(&self, loaded: u64, tgid: u32, current: u64) -> bool {
-        if loaded == current {
-            return true;
-        }
-        if loaded > current {
-            return false;
-        }
-        let since: Vec<&(u64, Vec<u32>)> = self
-            .bumps
-            .iter()
-            .filter(|(g, _)| *g > loaded && *g <= current)
-            .collect();
-        since.len() as u64 == current - loaded && !since.iter().any(|(_, t)| t.contains(&tgid))
+        loaded == current
+            || (loaded < current
+                && loaded >= self.floor
+                && self.pruned.get(&tgid).is_none_or(|&g| g <= loaded))
+    }
+
+    /// Processes remembered.
+    pub fn len(&self) -> usize {
+        self.pruned.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.pruned.is_empty()
     }
 }
 
@@ -317,7 +336,7 @@ mod tests {
         };
         let first = vec![vec![good, rewriting, old_gen, good]];
         let second = vec![vec![good, rewriting, old_gen, CacheSlot { seq: 6, ..good }]];
-        // Generation 2 came from pruning the slot's own process (tgid 7).
+        // Generation 2 came from pruning the slot's own process.
         let mut prunes = PruneLog::default();
         prunes.record(2, &[k.tgid]);
         let t = trusted_slots(&first, &second, 2, &prunes);
@@ -331,14 +350,17 @@ mod tests {
         other.record(2, &[k.tgid + 1]);
         let t = trusted_slots(&first, &second, 2, &other);
         assert_eq!(t[0][2], old_gen);
-        // A bump the log does not remember (before the agent started): not
-        // trusted.
-        let t = trusted_slots(&first, &second, 2, &PruneLog::default());
+        // Below the log's floor (it forgot that far back): not trusted.
+        let forgot = PruneLog {
+            floor: 2,
+            ..PruneLog::default()
+        };
+        let t = trusted_slots(&first, &second, 2, &forgot);
         assert_eq!(t[0][2], CacheSlot::default());
     }
 
     #[test]
-    fn the_prune_log_covers_every_bump_since_a_slot_was_loaded() {
+    fn the_prune_log_distrusts_only_slots_of_processes_pruned_since() {
         let mut log = PruneLog::default();
         log.record(1, &[10]);
         log.record(2, &[]);
@@ -352,12 +374,22 @@ mod tests {
         );
         assert!(!log.valid(2, 30, 3));
         assert!(!log.valid(4, 40, 3), "from the future");
-        for g in 4..(4 + PRUNES_KEPT as u64) {
-            log.record(g, &[]);
+        // However many other processes come and go, an old slot of a live
+        // one stays trusted.
+        for g in 4..10_000u64 {
+            log.record(g, &[u32::try_from(g).unwrap() + 1000]);
         }
-        let now = 3 + PRUNES_KEPT as u64;
-        assert!(!log.valid(0, 40, now), "older than the log");
-        assert!(log.valid(now - 10, 40, now));
+        assert!(log.valid(0, 40, 9_999));
+        // What no slot is older than is forgotten; the rest stays.
+        log.forget_before(5_000);
+        assert!(log.len() < 5_000);
+        assert!(!log.valid(4_000, 9_000, 9_999), "pruned at 8000");
+        // Past the bound, the older half goes and older slots lose trust.
+        for g in 10_000..10_000 + PRUNED_KEPT as u64 {
+            log.record(g, &[u32::try_from(g).unwrap() + 100_000]);
+        }
+        assert!(log.len() <= PRUNED_KEPT);
+        assert!(!log.valid(0, 40, 10_000 + PRUNED_KEPT as u64));
     }
 
     #[test]
