@@ -193,10 +193,25 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
             last,
         });
     }
-    // Each series is laid out over its own span: a stray row far from the
-    // rest costs its whole gap, in every series that has one.
+    // Each series is laid out over its own span, a sparse one (`dev:*`,
+    // zero when absent) up to its VM's last row: a stray row far from the
+    // rest costs its whole gap, in every series it stretches.
+    let mut vm_last: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for s in &trace.series {
+        if let Some(&b) = s.timestamps.last() {
+            let e = vm_last.entry(s.vm.as_str()).or_insert(b);
+            *e = e.max(b);
+        }
+    }
+    let sparse = StoreConfig::with_step(step_s).sparse_prefixes;
     let spans = trace.series.iter().filter_map(|s| {
-        let (a, b) = (*s.timestamps.first()?, *s.timestamps.last()?);
+        let a = *s.timestamps.first()?;
+        let own = *s.timestamps.last()?;
+        let b = if sparse.iter().any(|p| s.resource.starts_with(p.as_str())) {
+            vm_last.get(s.vm.as_str()).copied().unwrap_or(own)
+        } else {
+            own
+        };
         Some((s, a, b))
     });
     let total: f64 = spans.clone().map(|(_, a, b)| (b - a) / step_s + 1.0).sum();
@@ -602,6 +617,23 @@ mod tests {
             msg.contains("30 series together") && msg.contains("stray timestamp"),
             "{msg}"
         );
+        // Sparse dev:* series are laid out up to their VM's last row: one
+        // stray cpu row stretches all of them.
+        let mut text = String::from("timestamp,vm,pid,resource,value\n");
+        for d in 0..40 {
+            for i in 0..20 {
+                text.push_str(&format!(
+                    "{},a,1,dev:pio:{d:#x}_per_s,1\n",
+                    1_700_000_000 + i
+                ));
+            }
+        }
+        text.push_str(&format!("{},a,1,cpu,1\n", 1_700_000_000 + 40 * 86_400));
+        std::fs::write(&path, text).expect("write");
+        let msg = load(&path, Some(1.0), &ReadOptions::default())
+            .expect_err("sparse total")
+            .to_string();
+        assert!(msg.contains("41 series together"), "{msg}");
     }
 
     #[test]

@@ -292,7 +292,10 @@ pub fn check(action: &Action, policy: Option<&Policy>, vm: &VmFacts) -> Vec<VmRe
         }
         // `max_attached` bounds what vpm plugs, not what the VM was started with.
         let by_vpm = vm.attached.iter().filter(|a| a.by_vpm()).count();
-        if let Some(Err(why)) = &vm.port {
+        // (A VF already in the VM needs no port: that refusal says it.)
+        if let Some(Err(why)) = &vm.port
+            && found.is_none()
+        {
             out.push(VmRefusal::NoFreePort {
                 vm: who.clone(),
                 why: why.clone(),
@@ -541,6 +544,22 @@ mod tests {
         assert!(check(&attach, Some(&p), &free).is_empty());
         let steps = steps(&attach, &free);
         assert!(steps[1].what.ends_with("onto port rp2"), "{steps:?}");
+        // The VF already in the VM: that is the refusal, not the ports.
+        let there = facts(
+            vec![Attachment {
+                id: "vpm-0000-01-00-1".into(),
+                vf,
+                port: Some("rp1".into()),
+            }],
+            Some(Err(
+                "VM web-1 has no free hot-plug port (ports: rp1 in use)".into(),
+            )),
+        );
+        let refusals = check(&attach, Some(&p), &there);
+        assert!(
+            matches!(refusals.as_slice(), [VmRefusal::AlreadyAttached { .. }]),
+            "{refusals:?}"
+        );
         // Not asked (a simulated hypervisor): no refusal, no port named.
         let unknown = facts(Vec::new(), None);
         assert!(check(&attach, Some(&p), &unknown).is_empty());

@@ -213,6 +213,20 @@ pub fn sample(
     )
 }
 
+/// Whether the block device at `dir` (`SYS/dev/block/MAJ:MIN`) or one of its
+/// partitions has holders (a device stacked on it).
+fn stacked(dir: &Path) -> bool {
+    let has_holders =
+        |d: &Path| std::fs::read_dir(d.join("holders")).is_ok_and(|mut e| e.next().is_some());
+    has_holders(dir)
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .any(|p| p.join("partition").is_file() && has_holders(&p))
+        })
+}
+
 /// [`sample`] with the clock tick passed in.
 pub fn sample_with_clock(
     proc_root: &Path,
@@ -289,12 +303,11 @@ pub fn sample_with_clock(
             let path = dir.join("io.stat");
             match p.optional(&path)? {
                 Some(text) => {
-                    // A device with holders lies under another one (LVM,
-                    // dm-crypt, md): its bytes are the upper device's again.
-                    let top = |devno: &str| {
-                        std::fs::read_dir(sys_root.join("dev/block").join(devno).join("holders"))
-                            .map_or(true, |mut d| d.next().is_none())
-                    };
+                    // A disk with holders, on itself or on one of its
+                    // partitions (io.stat lists whole disks), lies under
+                    // another device (LVM, dm-crypt, md): its bytes are the
+                    // upper device's again.
+                    let top = |devno: &str| !stacked(&sys_root.join("dev/block").join(devno));
                     Some(p.parse(&path, parse::parse_io_stat(&text, top))?)
                 }
                 None => None,
@@ -394,6 +407,25 @@ pub fn read_tap_bytes(sys_root: &Path, ifname: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_is_stacked_when_it_or_a_partition_has_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("8:0");
+        std::fs::create_dir_all(disk.join("holders")).unwrap();
+        std::fs::create_dir_all(disk.join("sda1/holders")).unwrap();
+        std::fs::write(disk.join("sda1/partition"), "1\n").unwrap();
+        assert!(!stacked(&disk));
+        // An LVM PV on the second partition, the usual layout.
+        std::fs::create_dir_all(disk.join("sda2/holders/dm-0")).unwrap();
+        std::fs::write(disk.join("sda2/partition"), "2\n").unwrap();
+        assert!(stacked(&disk));
+        // A whole-disk PV.
+        let whole = dir.path().join("8:16");
+        std::fs::create_dir_all(whole.join("holders/dm-1")).unwrap();
+        assert!(stacked(&whole));
+        assert!(!stacked(&dir.path().join("missing")));
+    }
     use std::fs;
 
     const STAT: &str = "4242 (qemu-system-x86) (vm) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 \

@@ -390,6 +390,9 @@ pub struct Store {
     frontier_ms: Option<i64>,
     newest_ms: Option<i64>,
     totals: IngestReport,
+    /// A stale slot was looked for in this batch and none found: not again
+    /// until the next batch (each look scans every series).
+    no_stale_slot: bool,
 }
 
 impl Store {
@@ -416,6 +419,7 @@ impl Store {
             frontier_ms: None,
             newest_ms: None,
             totals: IngestReport::default(),
+            no_stale_slot: false,
         })
     }
 
@@ -448,6 +452,7 @@ impl Store {
     /// newest timestamp seen allows (see "Closing steps").
     pub fn ingest_rows(&mut self, rows: &[long::Row]) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
+        self.no_stale_slot = false;
         for r in rows {
             self.ingest_one(&r.vm, &r.resource, r.timestamp, r.value, &mut report);
         }
@@ -602,6 +607,14 @@ impl Store {
         {
             return Some((sid, e.id));
         }
+        // A VM at its own limit gets nothing, and frees nothing for it.
+        if self
+            .vms
+            .get(vm)
+            .is_some_and(|e| e.series.len() >= self.cfg.max_series_per_vm)
+        {
+            return None;
+        }
         if self.series.len() >= self.cfg.max_series && !self.free_a_stale_slot() {
             return None;
         }
@@ -753,20 +766,32 @@ impl Store {
         }
     }
 
-    /// Frees the slot of one series with nothing left at full resolution
-    /// (its VM stopped reporting longer ago than the fine retention; only its
-    /// 5-minute history is left), so a live VM's new series is not dropped
-    /// for it. `false` when every series is live.
+    /// Frees the slot of one series of a VM that stopped reporting: none of
+    /// its series has anything left at full resolution (longer ago than the
+    /// fine retention; only 5-minute history is left) or waits to be stored.
+    /// A live VM's quiet series (rates written only when non-zero) keep
+    /// theirs. `false` when there is none (then not looked for again in this
+    /// batch).
     fn free_a_stale_slot(&mut self) -> bool {
+        if self.no_stale_slot {
+            return false;
+        }
         let waiting: std::collections::HashSet<u32> = self.pending.sid.iter().copied().collect();
-        let stale = self
+        let live_vms: std::collections::HashSet<u32> = self
             .series
             .iter()
             .filter(|(sid, s)| {
-                s.fine.is_empty() && s.first_step.is_some() && !waiting.contains(sid)
+                !s.fine.is_empty() || s.first_step.is_none() || waiting.contains(sid)
             })
+            .map(|(_, s)| s.vm_id)
+            .collect();
+        let stale = self
+            .series
+            .iter()
+            .filter(|(_, s)| !live_vms.contains(&s.vm_id))
             .map(|(sid, _)| *sid)
             .min();
+        self.no_stale_slot = stale.is_none();
         match stale {
             Some(sid) => {
                 self.remove_series(sid);
@@ -1125,15 +1150,21 @@ mod tests {
     fn a_stopped_vms_series_give_their_slots_to_live_ones() {
         // At the limit, once "old" has nothing left at full resolution (it
         // stopped reporting), a new VM's series takes its slot instead of
-        // being dropped; while "old" is still recent, it is dropped.
+        // being dropped; while "old" is still recent, it is dropped. "live"
+        // keeps its quiet series (no row since the start) because the VM
+        // still reports.
         let cfg = StoreConfig {
             fine_retention_s: 60.0,
-            max_series: 2,
+            max_series: 3,
             ..StoreConfig::with_step(10.0)
         };
         let mut s = Store::new(cfg).expect("config");
-        s.ingest_rows(&[row(T0, "old", "cpu", 1.0), row(T0, "live", "cpu", 1.0)])
-            .expect("ingest");
+        s.ingest_rows(&[
+            row(T0, "old", "cpu", 1.0),
+            row(T0, "live", "cpu", 1.0),
+            row(T0, "live", "vfio_msi_per_s", 3.0),
+        ])
+        .expect("ingest");
         s.advance(T0 + 20.0).expect("advance");
         let r = s
             .ingest_rows(&[row(T0 + 20.0, "new", "cpu", 1.0)])
@@ -1148,9 +1179,19 @@ mod tests {
         let t = T0 + 200.0;
         let r = s.ingest_rows(&[row(t, "new", "cpu", 1.0)]).expect("ingest");
         assert_eq!((r.accepted, r.over_limit), (1, 0));
-        let mut keys: Vec<String> = s.keys().into_iter().map(|k| k.vm).collect();
+        let mut keys: Vec<(String, String)> =
+            s.keys().into_iter().map(|k| (k.vm, k.resource)).collect();
         keys.sort();
-        assert_eq!(keys, ["live", "new"]);
+        let want = [("live", "cpu"), ("live", "vfio_msi_per_s"), ("new", "cpu")];
+        assert_eq!(
+            keys,
+            want.map(|(v, r)| (v.to_owned(), r.to_owned())).to_vec()
+        );
+        // Nothing stale left: a further VM's series is dropped.
+        let r = s
+            .ingest_rows(&[row(t, "newer", "cpu", 1.0)])
+            .expect("ingest");
+        assert_eq!((r.accepted, r.over_limit), (0, 1));
     }
 
     #[test]
