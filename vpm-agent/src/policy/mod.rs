@@ -322,16 +322,17 @@ mod tests {
             "{err}"
         );
 
+        // The key at fault, not the class's header.
         let err = parse("[classes.best-effort]\n\n[classes.gold]\nmin_vfs = 3\nmax_vfs = 2\n")
             .unwrap_err();
-        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
         assert!(
             err.contains("class \"gold\": min_vfs 3 is above max_vfs 2"),
             "{err}"
         );
 
         let err = parse("[classes.best-effort]\nquantile = 1.2\n").unwrap_err();
-        assert!(err.contains("line 1"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("quantile 1.2"), "{err}");
 
         let err = parse("[vms]\nrules = [{ vm = \"\", class = \"burstable\" }]\n").unwrap_err();

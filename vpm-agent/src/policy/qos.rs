@@ -1,7 +1,10 @@
 //! QoS classes (`[classes.NAME]`): how much headroom a VM's forecast gets, how
 //! many VFs it may have, and who goes first under contention.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 /// How far above the point forecast a class provisions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -132,11 +135,11 @@ pub(crate) struct RawClass {
     #[serde(default = "default_priority")]
     priority: u32,
     #[serde(default)]
-    quantile: Option<f64>,
+    quantile: Option<Spanned<f64>>,
     #[serde(default)]
-    under_provision: Option<f64>,
+    under_provision: Option<Spanned<f64>>,
     #[serde(default)]
-    min_vfs: u32,
+    min_vfs: Option<Spanned<u32>>,
     #[serde(default)]
     max_vfs: Option<u32>,
     #[serde(default)]
@@ -144,7 +147,7 @@ pub(crate) struct RawClass {
     #[serde(default = "default_max_attached")]
     max_attached: u32,
     #[serde(default)]
-    detach: Option<bool>,
+    detach: Option<Spanned<bool>>,
     #[serde(default)]
     preempt_dwell: bool,
 }
@@ -161,56 +164,77 @@ fn open_unit(v: f64) -> bool {
     v > 0.0 && v < 1.0
 }
 
+/// A class that fails its checks: the message, and where in the file the
+/// key at fault is (`None`: the class as a whole).
+pub(crate) type ClassError = (Option<Range<usize>>, String);
+
 impl RawClass {
-    /// Checks the class `name`; the error names it.
-    pub(crate) fn validate(self, name: &str) -> Result<QosClass, String> {
-        let headroom = match (self.quantile, self.under_provision) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "class \"{name}\": set either quantile or under_provision, not both \
-                     (quantile = q provisions to that fixed quantile; under_provision = r \
-                     moves the quantile so that about r of outcomes end above)"
+    /// Checks the class `name`; the error names it and points at the key.
+    pub(crate) fn validate(self, name: &str) -> Result<QosClass, ClassError> {
+        let at = |v: &Spanned<f64>| Some(v.span());
+        let headroom = match (&self.quantile, &self.under_provision) {
+            (Some(_), Some(r)) => {
+                return Err((
+                    at(r),
+                    format!(
+                        "class \"{name}\": set either quantile or under_provision, not both \
+                         (quantile = q provisions to that fixed quantile; under_provision = r \
+                         moves the quantile so that about r of outcomes end above)"
+                    ),
                 ));
             }
-            (Some(q), None) if !open_unit(q) => {
-                return Err(format!(
-                    "class \"{name}\": quantile {q} must lie strictly between 0 and 1 (e.g. 0.95)"
+            (Some(q), None) if !open_unit(*q.get_ref()) => {
+                return Err((
+                    at(q),
+                    format!(
+                        "class \"{name}\": quantile {} must lie strictly between 0 and 1 \
+                         (e.g. 0.95)",
+                        q.get_ref()
+                    ),
                 ));
             }
-            (None, Some(r)) if !open_unit(r) => {
-                return Err(format!(
-                    "class \"{name}\": under_provision {r} must lie strictly between 0 and 1 \
-                     (e.g. 0.05 for 5 % of outcomes above the provision)"
+            (None, Some(r)) if !open_unit(*r.get_ref()) => {
+                return Err((
+                    at(r),
+                    format!(
+                        "class \"{name}\": under_provision {} must lie strictly between 0 \
+                         and 1 (e.g. 0.05 for 5 % of outcomes above the provision)",
+                        r.get_ref()
+                    ),
                 ));
             }
-            (Some(q), None) => Headroom::Quantile(q),
-            (None, Some(r)) => Headroom::UnderProvision(r),
+            (Some(q), None) => Headroom::Quantile(*q.get_ref()),
+            (None, Some(r)) => Headroom::UnderProvision(*r.get_ref()),
             (None, None) => Headroom::Quantile(0.95),
         };
         // What a guaranteed VM was given, it keeps: whatever the file says.
-        let detach = match (name == GUARANTEED, self.detach) {
-            (true, Some(true)) => {
-                return Err(format!(
-                    "class \"{name}\": detach = true is not allowed: vpm never takes a \
-                     hot-plugged VF back from a guaranteed VM (remove the key, or name the \
-                     class otherwise)"
+        let detach = match (name == GUARANTEED, &self.detach) {
+            (true, Some(d)) if *d.get_ref() => {
+                return Err((
+                    Some(d.span()),
+                    format!(
+                        "class \"{name}\": detach = true is not allowed: vpm never takes a \
+                         hot-plugged VF back from a guaranteed VM (remove the key, or name the \
+                         class otherwise)"
+                    ),
                 ));
             }
             (true, _) => false,
-            (false, d) => d.unwrap_or(true),
+            (false, d) => d.as_ref().is_none_or(|d| *d.get_ref()),
         };
+        let min_vfs = self.min_vfs.as_ref().map_or(0, |m| *m.get_ref());
         if let Some(max) = self.max_vfs
-            && self.min_vfs > max
+            && min_vfs > max
         {
-            return Err(format!(
-                "class \"{name}\": min_vfs {} is above max_vfs {max}",
-                self.min_vfs
+            return Err((
+                self.min_vfs.as_ref().map(Spanned::span),
+                format!("class \"{name}\": min_vfs {min_vfs} is above max_vfs {max}"),
             ));
         }
         Ok(QosClass {
             priority: self.priority,
             headroom,
-            min_vfs: self.min_vfs,
+            min_vfs,
             max_vfs: self.max_vfs,
             hotplug: self.hotplug,
             max_attached: self.max_attached,
@@ -252,9 +276,13 @@ mod tests {
             ("quantile = 0.9\nunder_provision = 0.1\n", "not both"),
             ("min_vfs = 3\nmax_vfs = 2\n", "min_vfs 3 is above max_vfs 2"),
         ] {
-            let err = raw(text).validate("gold").unwrap_err();
+            let (at, err) = raw(text).validate("gold").unwrap_err();
             assert!(err.contains("class \"gold\""), "{err}");
             assert!(err.contains(want), "{err}");
+            // It points at the key at fault.
+            let at = at.expect("a key");
+            let key = text[at.start..].lines().next().unwrap_or("");
+            assert!(!key.is_empty(), "{text:?} {at:?}");
         }
     }
 
@@ -269,7 +297,7 @@ mod tests {
                 .unwrap()
                 .detach
         );
-        let err = raw("detach = true\n").validate("guaranteed").unwrap_err();
+        let (_, err) = raw("detach = true\n").validate("guaranteed").unwrap_err();
         assert!(err.contains("detach = true is not allowed"), "{err}");
         assert!(raw("").validate("gold").unwrap().detach);
         assert!(!raw("detach = false\n").validate("gold").unwrap().detach);

@@ -81,7 +81,7 @@ impl RawPolicy {
                     let class = class
                         .into_inner()
                         .validate(&name)
-                        .map_err(|m| violation(span, m))?;
+                        .map_err(|(at, m)| violation(at.unwrap_or(span), m))?;
                     out.insert(name, class);
                 }
                 out
