@@ -273,19 +273,20 @@ impl Monitor {
         self.dropped = now;
     }
 
-    /// `info` with a name no other live process shows: while another live
+    /// `info` with a name no other process shows: while another known
     /// process shows its name (two VMs started with the same `-name`, names
     /// alike in their first 64 characters, the `kernel` row), it is shown as
-    /// `NAME#PID`, so the CSV's series stay apart; once it is the only one
-    /// (the other exited: a restart, `-daemonize`'s parent), it is shown as
-    /// `NAME` again.
+    /// `NAME#PID`, so the CSV's series stay apart; once the other is gone
+    /// (a restart, `-daemonize`'s parent), it is shown as `NAME` again. A
+    /// process that exited stays known until the tick that writes its last
+    /// rows, so a restarted VM's first tick is `NAME#PID`, not a second
+    /// `NAME` row in the same tick.
     fn unique(&self, mut info: VmInfo) -> VmInfo {
         let taken = info.name == kernel_info().name
-            || self.names.iter().any(|(pid, other)| {
-                *pid != info.pid
-                    && other.name == info.name
-                    && self.opts.proc_root.join(pid.to_string()).exists()
-            });
+            || self
+                .names
+                .iter()
+                .any(|(pid, other)| *pid != info.pid && other.name == info.name);
         if taken {
             info.name = format!("{}#{}", info.name, info.pid);
         }
