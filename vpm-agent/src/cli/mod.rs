@@ -58,8 +58,9 @@ enum Command {
     Top(top::TopArgs),
     /// Record per-VM samples in vpm's long CSV format (`timestamp,vm,pid,resource,value`).
     Record(record::RecordArgs),
-    /// The agent: collect every tick, serve live inspection on a Unix socket, and
-    /// export telemetry and forecast CSV files periodically.
+    /// The agent: collect every tick, serve live inspection on a Unix socket,
+    /// forecast, plan (and act, with --apply), and export telemetry, forecast,
+    /// plan, action and recommendation CSV files periodically.
     Run(run::RunArgs),
     /// Forecast every series of a telemetry CSV file (forecast CSV out).
     Forecast(forecast::ForecastArgs),

@@ -24,10 +24,12 @@ pub struct RunArgs {
     /// Unix socket for `vpm top` and other clients (mode 0600).
     #[arg(long, default_value = api::DEFAULT_SOCKET, value_name = "PATH")]
     socket: PathBuf,
-    /// Directory for telemetry CSV exports (`telemetry-<unix time in ms>.csv`).
+    /// Directory for the CSV exports: `telemetry-`, `forecast-`, `plan-`,
+    /// `actions-` and `recommendations-<unix time in ms>.csv` (and the demo's
+    /// `demo-*.csv`); a file with no rows is not written.
     #[arg(long, default_value = "/var/lib/vpm/exports", value_name = "DIR")]
     export_dir: PathBuf,
-    /// How often a telemetry CSV file is written.
+    /// How often each kind of export file is written.
     #[arg(long, default_value = "60s", value_parser = duration)]
     export_interval: Duration,
     /// How many export files of each kind to keep (oldest removed first; at
@@ -64,9 +66,10 @@ pub struct RunArgs {
     plan_interval: Duration,
     /// The built-in demo: real KVM guests from the test VMM with scripted
     /// device use, and a simulated SR-IOV PF that the loop acts on (nothing on
-    /// the host's real devices is touched; --policy and --apply are ignored).
-    /// Ticks are short (250 ms, 500 ms steps, plans every 500 ms) so something
-    /// happens within a minute.
+    /// the host's real devices is touched; --policy, --apply and --state-dir
+    /// are ignored: its journal is in EXPORT_DIR/demo-state). Ticks are short
+    /// (250 ms, 500 ms steps, plans every 500 ms, horizons 2 s and 4 s,
+    /// exports at least every 5 s) so something happens within a minute.
     #[arg(long)]
     demo: bool,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
