@@ -41,6 +41,8 @@ use vpm::telemetry::LoadOptions;
   vpm pci set-vfs 0000:01:00.0 4                 dry run; add --apply to act
   vpm run --policy /etc/vpm/policy.toml --apply  the closed loop, acting
   vpm plan                                       the agent's current plan
+  vpm vm list                                    QEMU VMs, monitors, hot-plugged VFs, ports
+  vpm vm attach web-1 0000:3b:00.2               dry run; add --apply to hot-plug
 
 The CSV and JSON formats are documented in the README."
 )]
@@ -75,6 +77,11 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Act on a PCI device (VFs, park in D3hot, wake to D0) with vpm's safety
     /// checks and the policy's allow-list; a dry run unless `--apply`.
+    #[command(after_help = "Examples:
+  vpm pci set-vfs 0000:3b:00.0 4               dry run: what it would write, and why
+  vpm pci set-vfs 0000:3b:00.0 4 --apply       create 4 VFs (root)
+  vpm pci park 0000:3b:00.2 --apply            bind to vfio-pci, let it sleep in D3hot
+  vpm pci wake 0000:3b:00.2 --apply            back to D0")]
     Pci(pci::PciArgs),
     /// The running agent's current plan: device actions with their reasons,
     /// what was deferred and why, and per-VM CPU/memory recommendations.
@@ -82,6 +89,11 @@ enum Command {
     /// QEMU VMs, their QMP monitors and hot-plugged VFs; hot-plug a VF into
     /// a running VM or take it back (QMP device_add / device_del), with
     /// vpm's safety checks; a dry run unless `--apply`.
+    #[command(after_help = "Examples:
+  vpm vm list --output json
+  vpm vm attach web-1 0000:3b:00.2             dry run: the port it would use
+  vpm vm attach web-1 0000:3b:00.2 --apply     wake, device_add, check the VM holds it
+  vpm vm detach web-1 0000:3b:00.2 --apply     device_del, wait for DEVICE_DELETED, park")]
     Vm(vm::VmArgs),
 }
 
