@@ -181,17 +181,15 @@ impl Tracker {
             }
             match &f.sriov {
                 Some(sriov) => {
-                    let last_change = match self.pools.get(&bdf) {
-                        Some((n, change)) if *n == sriov.num_vfs => *change,
-                        Some((n, _)) => {
-                            self.recreated.insert(bdf);
-                            Some(VfCountChange { at: now, from: *n })
-                        }
-                        None => None,
+                    let (last_change, count_changed) = match self.pools.get(&bdf) {
+                        Some((n, change)) if *n == sriov.num_vfs => (*change, false),
+                        Some((n, _)) => (Some(VfCountChange { at: now, from: *n }), true),
+                        None => (None, false),
                     };
                     // Every count change goes through 0: the VFs now are new
-                    // devices, even at addresses seen before.
-                    if self.recreated.remove(&bdf) {
+                    // devices, even at addresses seen before. (`|`: the mark
+                    // vpm left is cleared either way.)
+                    if self.recreated.remove(&bdf) | count_changed {
                         for (_, vf) in &f.virtfns {
                             self.devices.remove(vf);
                         }

@@ -108,8 +108,7 @@ pub trait Hotplug {
     /// none (`Err`, naming the ports), so a dry run can say it and a
     /// refusal comes before anything is woken. `None` when this hypervisor
     /// has no ports to ask about (the simulations) or could not be asked.
-    fn free_port(&self, vm: &VmRef) -> Option<Result<String, String>> {
-        let _ = vm;
+    fn free_port(&self, _vm: &VmRef) -> Option<Result<String, String>> {
         None
     }
     /// What `vm`'s hypervisor says of `vf` now; `Err` says why it could
@@ -508,6 +507,19 @@ mod tests {
         }
     }
 
+    const NO_PORT: &str = "VM web-1 has no free hot-plug port (ports: rp1 in use)";
+
+    /// Attaching `vf` to web-1 (pid 42).
+    fn attach_of(vf: Bdf) -> Action {
+        Action::Attach {
+            vm: VmRef {
+                name: "web-1".into(),
+                pid: 42,
+            },
+            vf,
+        }
+    }
+
     fn policy() -> Policy {
         Policy::parse(
             "[devices]\nallow = [\"0000:01:00.0\"]\n[classes.hp]\nhotplug = true\n\
@@ -520,20 +532,9 @@ mod tests {
     #[test]
     fn an_attach_needs_a_free_port_and_the_dry_run_names_it() {
         let vf = bdf("0000:01:00.1");
-        let attach = Action::Attach {
-            vm: VmRef {
-                name: "web-1".into(),
-                pid: 42,
-            },
-            vf,
-        };
+        let attach = attach_of(vf);
         let p = policy();
-        let none = facts(
-            Vec::new(),
-            Some(Err(
-                "VM web-1 has no free hot-plug port (ports: rp1 in use)".into(),
-            )),
-        );
+        let none = facts(Vec::new(), Some(Err(NO_PORT.into())));
         let refusals = check(&attach, Some(&p), &none);
         assert!(
             matches!(refusals.as_slice(), [VmRefusal::NoFreePort { .. }]),
@@ -547,13 +548,11 @@ mod tests {
         // The VF already in the VM: that is the refusal, not the ports.
         let there = facts(
             vec![Attachment {
-                id: "vpm-0000-01-00-1".into(),
+                id: crate::connect::device_id(vf),
                 vf,
                 port: Some("rp1".into()),
             }],
-            Some(Err(
-                "VM web-1 has no free hot-plug port (ports: rp1 in use)".into(),
-            )),
+            Some(Err(NO_PORT.into())),
         );
         let refusals = check(&attach, Some(&p), &there);
         assert!(
@@ -569,13 +568,7 @@ mod tests {
     #[test]
     fn the_command_lines_vfs_do_not_count_against_max_attached() {
         let vf = bdf("0000:01:00.2");
-        let attach = Action::Attach {
-            vm: VmRef {
-                name: "web-1".into(),
-                pid: 42,
-            },
-            vf,
-        };
+        let attach = attach_of(vf);
         let own = Attachment {
             id: "hostdev0".into(),
             vf: bdf("0000:01:00.1"),
@@ -584,7 +577,7 @@ mod tests {
         let p = policy();
         assert!(check(&attach, Some(&p), &facts(vec![own.clone()], None)).is_empty());
         let plugged = Attachment {
-            id: device_id_for_test(bdf("0000:01:00.3")),
+            id: crate::connect::device_id(bdf("0000:01:00.3")),
             ..own
         };
         let refusals = check(&attach, Some(&p), &facts(vec![plugged], None));
@@ -603,12 +596,5 @@ mod tests {
             .map(|s| s.what)
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    fn device_id_for_test(vf: Bdf) -> String {
-        format!(
-            "{DEVICE_ID_PREFIX}{}",
-            vf.to_string().replace([':', '.'], "-")
-        )
     }
 }
