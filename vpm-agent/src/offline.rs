@@ -203,11 +203,11 @@ pub fn load(path: &Path, step_s: Option<f64>, read: &ReadOptions) -> Result<Load
             *e = e.max(b);
         }
     }
-    let sparse = StoreConfig::with_step(step_s).sparse_prefixes;
+    let layout = StoreConfig::with_step(step_s);
     let spans = trace.series.iter().filter_map(|s| {
         let a = *s.timestamps.first()?;
         let own = *s.timestamps.last()?;
-        let b = if sparse.iter().any(|p| s.resource.starts_with(p.as_str())) {
+        let b = if layout.is_sparse(&s.resource) {
             vm_last.get(s.vm.as_str()).copied().unwrap_or(own)
         } else {
             own

@@ -84,14 +84,7 @@ fn walk(
                 for disk in subdirs(&path) {
                     let disk_name = disk.file_name().map(|n| n.to_string_lossy().into_owned());
                     let Some(disk_name) = disk_name else { continue };
-                    push_block(&disk, &disk_name, blocks);
-                    // Partitions are subdirectories named after the disk.
-                    for part in subdirs(&disk) {
-                        let part_name = part.file_name().map(|n| n.to_string_lossy().into_owned());
-                        if let Some(p) = part_name.filter(|p| p.starts_with(&disk_name)) {
-                            push_block(&part, &p, blocks);
-                        }
-                    }
+                    push_disk(&disk, &disk_name, blocks);
                 }
             }
             "net" => {
@@ -128,25 +121,26 @@ fn class_blocks(class_dir: &Path, device_dir: &Path, blocks: &mut Vec<(String, S
                 .flatten()
                 .flatten()
                 .any(|m| below(&m.path()));
-        if mine && !blocks.iter().any(|(n, _, _)| *n == name) {
+        if mine {
             found.push((name, path));
         }
     }
     found.sort();
+    // A multipath head's partitions live below the head, not below the
+    // function; a disk's own are listed in class/block too (pushed once).
     for (name, path) in found {
-        if blocks.iter().any(|(n, _, _)| *n == name) {
-            continue;
-        }
-        push_block(&path, &name, blocks);
-        // A multipath head's partitions live below the head, not below the
-        // function; a disk's own are listed in class/block too (once each).
-        for part in subdirs(&path) {
-            let part_name = part.file_name().map(|n| n.to_string_lossy().into_owned());
-            if let Some(p) = part_name.filter(|p| p.starts_with(&name))
-                && !blocks.iter().any(|(n, _, _)| *n == p)
-            {
-                push_block(&part, &p, blocks);
-            }
+        push_disk(&path, &name, blocks);
+    }
+}
+
+/// Adds the disk `name` at `dir` and its partitions (subdirectories named
+/// after the disk), each unless `blocks` has it already.
+fn push_disk(dir: &Path, name: &str, blocks: &mut Vec<(String, String, PathBuf)>) {
+    push_block(dir, name, blocks);
+    for part in subdirs(dir) {
+        let part_name = part.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(p) = part_name.filter(|p| p.starts_with(name)) {
+            push_block(&part, &p, blocks);
         }
     }
 }
@@ -164,7 +158,11 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Adds the block device `name` at `dir`, unless `blocks` has it already.
 fn push_block(dir: &Path, name: &str, blocks: &mut Vec<(String, String, PathBuf)>) {
+    if blocks.iter().any(|(n, _, _)| n == name) {
+        return;
+    }
     if let Ok(dev) = std::fs::read_to_string(dir.join("dev")) {
         blocks.push((name.to_owned(), dev.trim().to_owned(), dir.to_path_buf()));
     }

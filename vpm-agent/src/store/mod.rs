@@ -115,6 +115,16 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
+    /// Whether `resource` is a sparse series (a [`sparse_prefixes`] match):
+    /// absent in a tick where its VM reported means 0.
+    ///
+    /// [`sparse_prefixes`]: Self::sparse_prefixes
+    pub fn is_sparse(&self, resource: &str) -> bool {
+        self.sparse_prefixes
+            .iter()
+            .any(|p| resource.starts_with(p.as_str()))
+    }
+
     /// The defaults with another model step: lateness one step, the coarse step the
     /// smallest multiple of `step_s` that is at least 5 minutes.
     pub fn with_step(step_s: f64) -> Self {
@@ -636,11 +646,7 @@ impl Store {
         let sid = self.next_sid;
         self.next_sid = self.next_sid.wrapping_add(1);
         entry.series.insert(resource.to_owned(), sid);
-        let sparse = self
-            .cfg
-            .sparse_prefixes
-            .iter()
-            .any(|p| resource.starts_with(p.as_str()));
+        let sparse = self.cfg.is_sparse(resource);
         self.series.insert(
             sid,
             SeriesState {
